@@ -1,0 +1,1 @@
+"""Generated protobuf stubs (make protos). Do not edit."""

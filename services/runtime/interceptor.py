@@ -1,0 +1,148 @@
+"""One server interceptor for every service: identity → authorization → the servicer, with
+metrics, tracing and error mapping around it, so servicers hold only their domain logic."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+
+from services.runtime import tracing
+from services.runtime.errors import PermissionDenied, ServiceError, Unauthenticated
+from services.runtime.identity import peer_identity_from_sidecar, peer_identity_from_tls
+from services.runtime.metrics import Metrics
+from services.runtime.policy import MeshPolicy
+
+log = logging.getLogger("modalmesh.rpc")
+
+
+class MeshInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, workload: str, policy: MeshPolicy, metrics: Metrics, sidecar_mode: bool, tracing_on: bool):
+        self.workload = workload
+        self.policy = policy
+        self.metrics = metrics
+        self.tracing_on = tracing_on
+        self._identity_of = peer_identity_from_sidecar if sidecar_mode else peer_identity_from_tls
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None:
+            return None   # unknown method: gRPC answers UNIMPLEMENTED
+        return _wrap(handler, _Call(self, details.method))
+
+
+class _Call:
+    """Per-method guard: what runs before and after the servicer's behaviour."""
+
+    def __init__(self, owner: MeshInterceptor, method: str):
+        self.owner = owner
+        self.method = method
+
+    def authorize(self, context: grpc.aio.ServicerContext) -> str:
+        identity = self.owner._identity_of(context)
+        if identity is None or self.owner.policy.caller_name(identity) is None:
+            raise Unauthenticated(f"caller has no identity of this mesh; {self.method} needs a mesh certificate")
+        if not self.owner.policy.allows(self.owner.workload, identity, self.method):
+            raise PermissionDenied(f"{identity} may not call {self.method} on {self.owner.workload} "
+                                   f"(mesh/policy.yaml)")
+        return identity
+
+    def span(self, context: grpc.aio.ServicerContext):
+        if not self.owner.tracing_on:
+            return _NO_SPAN
+        parent = tracing.extract_context(context.invocation_metadata())
+        return tracing.tracer().start_as_current_span(self.method, context=parent, kind=_server_kind(),
+                                                      attributes={"rpc.system": "grpc", "rpc.method": self.method})
+
+    async def fail(self, context: grpc.aio.ServicerContext, error: Exception) -> None:
+        if isinstance(error, grpc.aio.AbortError):
+            raise error   # the servicer already set its status
+        if isinstance(error, ServiceError):
+            await context.abort_with_status(error.to_status())
+        log.exception("unhandled error", extra={"method": self.method})
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {self.method}; see the service log")
+
+    def record(self, context: grpc.aio.ServicerContext, started: float, error: BaseException | None,
+               caller: str | None) -> None:
+        code = _code_of(context, error)
+        elapsed = time.perf_counter() - started
+        self.owner.metrics.requests.labels(self.method, code.name).inc()
+        self.owner.metrics.latency.labels(self.method).observe(elapsed)
+        level = logging.DEBUG if code == grpc.StatusCode.OK else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "rpc", extra={"method": self.method, "code": code.name, "caller": caller,
+                                         "ms": round(elapsed * 1000, 2)})
+
+
+class _NoSpan:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_SPAN = _NoSpan()
+
+
+def _server_kind():
+    from opentelemetry.trace import SpanKind
+    return SpanKind.SERVER
+
+
+def _code_of(context, error: BaseException | None) -> grpc.StatusCode:
+    if isinstance(error, ServiceError):
+        return error.code
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if error is not None:
+        return grpc.StatusCode.CANCELLED if type(error).__name__ == "CancelledError" else grpc.StatusCode.INTERNAL
+    return grpc.StatusCode.OK
+
+
+def _wrap(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
+    """The same handler with the guard around its behaviour, for each of the four call shapes."""
+    if handler.unary_unary or handler.stream_unary:
+        inner = handler.unary_unary or handler.stream_unary
+
+        async def unary_response(request, context):
+            started, error, caller = time.perf_counter(), None, None
+            try:
+                with call.span(context):
+                    caller = call.authorize(context)
+                    return await inner(request, context)
+            except Exception as exc:
+                error = exc
+                await call.fail(context, exc)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.record(context, started, error, caller)
+
+        factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+        return factory(unary_response, handler.request_deserializer, handler.response_serializer)
+
+    inner_stream: Callable = handler.unary_stream or handler.stream_stream
+
+    async def stream_response(request, context):
+        started, error, caller = time.perf_counter(), None, None
+        try:
+            with call.span(context):
+                caller = call.authorize(context)
+                async for response in inner_stream(request, context):
+                    yield response
+        except Exception as exc:
+            error = exc
+            await call.fail(context, exc)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            call.record(context, started, error, caller)
+
+    factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+    return factory(stream_response, handler.request_deserializer, handler.response_serializer)

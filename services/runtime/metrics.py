@@ -1,0 +1,35 @@
+"""Prometheus metrics of one service process, in a registry of its own (nothing filled at import)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self, workload: str):
+        self.registry = CollectorRegistry()
+        labels = {"registry": self.registry}
+        self.requests = Counter("modalmesh_grpc_requests", "gRPC requests handled, by method and status code",
+                                ["method", "code"], **labels)
+        self.latency = Histogram("modalmesh_grpc_request_duration_seconds", "gRPC request latency",
+                                 ["method"], buckets=_LATENCY_BUCKETS, **labels)
+        self.queue_depth = Gauge("modalmesh_batcher_queue_depth", "Requests waiting in a model's batcher",
+                                 ["model"], **labels)
+        self.batch_size = Histogram("modalmesh_batch_size", "Rows per model execution",
+                                    ["model"], buckets=_BATCH_BUCKETS, **labels)
+        self.compute_time = Histogram("modalmesh_model_compute_seconds", "Model execution time per batch",
+                                      ["model"], buckets=_LATENCY_BUCKETS, **labels)
+        self.queue_time = Histogram("modalmesh_batcher_queue_seconds", "Time a request waited for its batch",
+                                    ["model"], buckets=_LATENCY_BUCKETS, **labels)
+        self.rejected = Counter("modalmesh_batcher_rejected", "Requests that never reached the model, by reason",
+                                ["model", "reason"], **labels)
+        self.info = Gauge("modalmesh_service_info", "Constant 1, labelled with the workload", ["workload"], **labels)
+        self.info.labels(workload).set(1)
+
+    def serve(self, host: str, port: int):
+        """Start the /metrics HTTP endpoint; returns the server, whose port may have been picked."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server

@@ -1,0 +1,3 @@
+from services.text.main import main
+
+main()

