@@ -198,7 +198,7 @@ class DynamicBatcher:
             log.exception("model execution failed", extra={"model": self.model_name, "rows": len(rows)})
             self._finish_failed(batch, error, started)
             return
-        self._record_execution(len(rows), started)
+        self._record_execution(batch, len(rows), started)
         offset = 0
         for request in batch:
             n = len(request.rows)
@@ -213,12 +213,13 @@ class DynamicBatcher:
                 request.future.set_exception(error)
                 self.stats.fail.add(int((time.monotonic() - request.enqueued) * 1e9))
 
-    def _record_execution(self, rows: int, started: float) -> None:
+    def _record_execution(self, batch: list[_Request], rows: int, started: float) -> None:
         elapsed = time.monotonic() - started
         self.stats.execution_count += 1
         self.stats.inference_count += rows
         self.stats.last_inference_ms = int(time.time() * 1000)
-        self.stats.compute_infer.add(int(elapsed * 1e9))
+        # Triton's convention: each request of a batch is charged the batch's compute time.
+        self.stats.compute_infer.add(int(elapsed * 1e9) * len(batch), count=len(batch))
         self.stats.batches.setdefault(rows, _Duration()).add(int(elapsed * 1e9))
         if self._metrics:
             self._metrics.batch_size.labels(self.model_name).observe(rows)

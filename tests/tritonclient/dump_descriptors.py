@@ -7,8 +7,6 @@ compares the result field by field with modalmesh's own protos.
 import json
 
 from google.protobuf.descriptor import FieldDescriptor
-from tritonclient.grpc import model_config_pb2, service_pb2
-
 
 def is_repeated(field) -> bool:
     # protobuf 7 has is_repeated; older releases (the tritonclient venv) only label.
@@ -25,6 +23,8 @@ def fields_of(message, out):
     }
     for nested in message.nested_types:
         fields_of(nested, out)
+    for enum in message.enum_types:
+        out[enum.full_name] = {v.name: [v.number] for v in enum.values}
 
 
 def methods_of(file):
@@ -35,8 +35,18 @@ def methods_of(file):
     }
 
 
-messages = {}
-for module in (service_pb2, model_config_pb2):
-    for message in module.DESCRIPTOR.message_types_by_name.values():
-        fields_of(message, messages)
-print(json.dumps({"messages": messages, "services": methods_of(service_pb2.DESCRIPTOR)}))
+def describe(service_module, config_module) -> dict:
+    """Every message field and enum value: name → [number, type, type name, repeated] / [number]."""
+    messages = {}
+    for module in (service_module, config_module):
+        for message in module.DESCRIPTOR.message_types_by_name.values():
+            fields_of(message, messages)
+        for enum in module.DESCRIPTOR.enum_types_by_name.values():
+            messages[enum.full_name] = {v.name: [v.number] for v in enum.values}
+    return {"messages": messages, "services": methods_of(service_module.DESCRIPTOR)}
+
+
+if __name__ == "__main__":
+    from tritonclient.grpc import model_config_pb2, service_pb2
+
+    print(json.dumps(describe(service_pb2, model_config_pb2)))

@@ -1,0 +1,59 @@
+# modalmesh — `make help` lists the targets. Everything installs into .venv at the repository root.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TRITON_VENV := .venv-tritonclient
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install up down status test test-fast lint protos bench clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	@touch $@
+
+# tritonclient pins protobuf < 7: it lives in its own environment, used by the compatibility tests.
+$(TRITON_VENV)/.installed:
+	@test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet 'tritonclient[grpc]==2.73.0'
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+install: $(STAMP) ## Install modalmesh and its tools into .venv (fast when nothing changed)
+
+up: $(STAMP) ## Install, then run the local mesh: every workload with mutual TLS (Ctrl-C stops it)
+	$(VENV)/bin/modalmesh up
+
+down: ## Stop a mesh started with `modalmesh up --detach`
+	$(VENV)/bin/modalmesh down
+
+status: ## Show what the local mesh runs, where, and its health
+	$(VENV)/bin/modalmesh status
+
+test: $(STAMP) $(TRITON_VENV)/.installed node_modules/.installed ## Install, then run the whole test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) $(TRITON_VENV)/.installed node_modules/.installed ## The test suite without tests marked slow
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: node_modules/.installed ## Lint the protobuf module with buf
+	npx --no-install buf lint
+
+protos: $(STAMP) ## Regenerate the Python stubs from protos/
+	$(PY) scripts/generate_protos.py
+
+bench: $(STAMP) ## Run the benchmarks in bench/ (prints ratios, writes JSON records)
+	$(PY) bench/embed_batching.py
+
+clean: ## Remove the virtual environments, node_modules and local mesh state
+	rm -rf $(VENV) $(TRITON_VENV) node_modules .modalmesh .pytest_cache .hypothesis
