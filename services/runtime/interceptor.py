@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 
 from services.runtime import tracing
-from services.runtime.errors import PermissionDenied, ServiceError, Unauthenticated
+from services.runtime.errors import InvalidArgument, PermissionDenied, ServiceError, Unauthenticated
 from services.runtime.identity import peer_identity_from_sidecar, peer_identity_from_tls
 from services.runtime.metrics import Metrics
 from services.runtime.policy import MeshPolicy
@@ -103,8 +103,49 @@ def _code_of(context, error: BaseException | None) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes are not the method's message (gRPC would say UNKNOWN)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def refuse(self) -> InvalidArgument:
+        return InvalidArgument(("request", f"not a valid protobuf message of this method: {self.reason}"))
+
+
+def _lenient(deserializer):
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as error:   # noqa: BLE001 - any decoder failure is the caller's bad input
+            return _Undecodable(str(error) or type(error).__name__)
+
+    return decode
+
+
+def _checked(request, streaming: bool):
+    """The request, or for a stream an iterator over it, refusing undecodable messages as INVALID_ARGUMENT."""
+    if not streaming:
+        if isinstance(request, _Undecodable):
+            raise request.refuse()
+        return request
+
+    async def messages():
+        async for message in request:
+            if isinstance(message, _Undecodable):
+                raise message.refuse()
+            yield message
+
+    return messages()
+
+
 def _wrap(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
     """The same handler with the guard around its behaviour, for each of the four call shapes."""
+    decode = _lenient(handler.request_deserializer)
+    streaming_requests = handler.request_streaming
     if handler.unary_unary or handler.stream_unary:
         inner = handler.unary_unary or handler.stream_unary
 
@@ -113,7 +154,7 @@ def _wrap(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
             try:
                 with call.span(context):
                     caller = call.authorize(context)
-                    return await inner(request, context)
+                    return await inner(_checked(request, streaming_requests), context)
             except Exception as exc:
                 error = exc
                 await call.fail(context, exc)
@@ -124,7 +165,7 @@ def _wrap(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
                 call.record(context, started, error, caller)
 
         factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
-        return factory(unary_response, handler.request_deserializer, handler.response_serializer)
+        return factory(unary_response, decode, handler.response_serializer)
 
     inner_stream: Callable = handler.unary_stream or handler.stream_stream
 
@@ -133,7 +174,7 @@ def _wrap(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
         try:
             with call.span(context):
                 caller = call.authorize(context)
-                async for response in inner_stream(request, context):
+                async for response in inner_stream(_checked(request, streaming_requests), context):
                     yield response
         except Exception as exc:
             error = exc
@@ -145,4 +186,4 @@ def _wrap(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
             call.record(context, started, error, caller)
 
     factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
-    return factory(stream_response, handler.request_deserializer, handler.response_serializer)
+    return factory(stream_response, decode, handler.response_serializer)

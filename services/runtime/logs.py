@@ -35,3 +35,4 @@ def configure_logging(workload: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)   # library warnings become JSON lines too

@@ -118,8 +118,9 @@ class ServiceServer:
 
     async def drain(self) -> None:
         """NOT_SERVING at once, let in-flight calls finish within the grace period, then close models."""
-        log.info("draining", extra={"grace_s": self.settings.drain_grace_s})
+        log.info("draining", extra={"delay_s": self.settings.drain_delay_s, "grace_s": self.settings.drain_grace_s})
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await asyncio.sleep(self.settings.drain_delay_s)
         await self.server.stop(self.settings.drain_grace_s)
         for model in self.service.models:
             await model.close()

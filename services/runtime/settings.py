@@ -42,6 +42,8 @@ class ServiceSettings(BaseSettings):
     model_threads: int = Field(0, ge=0, description="Intra-op threads for the model; 0 = all cores")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
 
+    drain_delay_s: float = Field(0.0, ge=0, description="On SIGTERM, report NOT_SERVING this long (still "
+                                 "serving) so load balancers stop routing here before new calls are refused")
     drain_grace_s: float = Field(20.0, ge=0, description="How long in-flight work may finish on SIGTERM")
     otlp_endpoint: str | None = Field(None, description="OTLP gRPC endpoint; tracing is off without it")
     log_level: str = "INFO"

@@ -75,9 +75,13 @@ class SentenceEmbedder(ModelAdapter):
 
     def load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")   # weights come from the package, a path or the cache
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # progress bars would break JSON logs
+        # Progress bars and the library's own stderr handler would break the JSON log stream.
+        hf_logging.disable_progress_bar()
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()
         configure_threads(self.threads)
         path, provenance, version = self._resolve()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
