@@ -30,6 +30,7 @@ class MeshPolicy:
     trust_domain: str = TRUST_DOMAIN
     namespace: str = NAMESPACE
     authenticated: tuple[str, ...] = ()
+    probes: tuple[str, ...] = ()
     workloads: dict[str, tuple[AllowRule, ...]] = field(default_factory=dict)
 
     @classmethod
@@ -49,6 +50,7 @@ class MeshPolicy:
             trust_domain=doc.get("trustDomain", TRUST_DOMAIN),
             namespace=doc.get("namespace", NAMESPACE),
             authenticated=tuple(doc.get("authenticated") or ()),
+            probes=tuple(doc.get("probes") or ()),
             workloads=workloads,
         )
 
@@ -57,6 +59,9 @@ class MeshPolicy:
         if not identity:
             return None
         return workload_of(identity, self.namespace, self.trust_domain)
+
+    def is_probe(self, method: str) -> bool:
+        return any(method_matches(p, method) for p in self.probes)
 
     def allows(self, target: str, identity: str | None, method: str) -> bool:
         """Whether ``identity`` may call ``method`` on workload ``target``. Deny by default."""

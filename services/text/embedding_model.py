@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -77,15 +76,15 @@ class SentenceEmbedder(ModelAdapter):
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")   # weights come from the package, a path or the cache
         # Progress bars and the library's own stderr handler would break the JSON log stream.
         hf_logging.disable_progress_bar()
         hf_logging.disable_default_handler()
         hf_logging.enable_propagation()
         configure_threads(self.threads)
         path, provenance, version = self._resolve()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        # local_files_only: weights come from the package, a path or the cache, never the network.
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, dtype=self.dtype, local_files_only=True).to(self.device).eval()
         self.dimensions = int(self.model.config.hidden_size)
         self.max_tokens = self._window(path)
         self.outputs = (TensorSpec("EMBEDDING", "FP32", (self.dimensions,)),)

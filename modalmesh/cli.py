@@ -1,0 +1,392 @@
+"""`modalmesh`: run the local mesh (up, down, status), issue certificates, call any method.
+
+The local mesh runs every workload of mesh/workloads.yaml as a supervised process on 127.0.0.1,
+each with its own certificate from a local CA and the same mutual TLS and authorization
+(mesh/policy.yaml) as in a cluster; see modalmesh.supervisor and modalmesh.home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  modalmesh up --detach                  start every workload in the background, wait until all serve
+  modalmesh status                       each workload's address, identity and live health
+  modalmesh call text modalmesh.v1.TextService/Embed '{"texts": ["a cat", "a kitten"]}'
+  modalmesh pki issue me --out ./certs   a certificate for grpcurl or tritonclient
+  modalmesh down                         stop what `up --detach` started
+
+The mesh's files (CA, certificates, logs, state) live in --home, by default .modalmesh/ at the
+repository root or $MODALMESH_HOME.
+"""
+
+READY_TIMEOUT_S = 180.0  # loading and warming models takes seconds to about a minute on a CPU
+
+
+# -- up -------------------------------------------------------------------------------------------
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from modalmesh.home import MeshHome
+    from modalmesh.workloads import load_workloads, select
+
+    home = MeshHome(args.home)
+    if home.supervisor_running():
+        return _already_running(home)
+    try:
+        workloads = select(load_workloads(args.workloads), args.only)
+    except (OSError, ValueError) as e:
+        return _error(str(e))
+    if not workloads:
+        return _error(f"{args.workloads} lists no workloads")
+    if args.detach:
+        return _up_detached(home, args)
+    return _up_foreground(home, workloads, args)
+
+
+def _up_foreground(home, workloads, args: argparse.Namespace) -> int:
+    from modalmesh.supervisor import Supervisor, stop_leftovers
+    from modalmesh.workloads import busy_ports, with_random_ports
+
+    lock = home.acquire_lock()  # held until this process exits; a second `up` sees it
+    if lock is None:
+        return _already_running(home)
+    try:
+        leftovers = stop_leftovers(home.read_state())
+        if leftovers:
+            print(f"stopped {', '.join(leftovers)} left running by an earlier supervisor that was killed")
+        if args.random_ports:
+            workloads = with_random_ports(workloads)
+        elif busy := busy_ports(workloads):
+            return _error(f"port(s) in use: {', '.join(busy)}; stop what listens there "
+                          "or run `modalmesh up --random-ports`")
+        home.pid_file.write_text(f"{os.getpid()}\n")
+
+        def on_ready(state: dict) -> None:
+            _print_workloads(state["workloads"])
+            if sys.stdout.isatty():  # not in supervisor.log, where "Ctrl-C" would mislead
+                print(_hints(home, state, detached=False), flush=True)
+
+        supervisor = Supervisor(home, workloads, args.ready_timeout, on_ready=on_ready)
+        return supervisor.run()
+    finally:
+        if home.supervisor_pid() == os.getpid():
+            home.pid_file.unlink(missing_ok=True)
+        os.close(lock)
+
+
+def _up_detached(home, args: argparse.Namespace) -> int:
+    """Run `up` (without --detach) in a new session, logging to supervisor.log, and wait until it is ready."""
+    command = [sys.executable, "-m", "modalmesh.cli", "up", "--home", str(home.root),
+               "--workloads", str(Path(args.workloads).resolve()), "--ready-timeout", str(args.ready_timeout)]
+    command += ["--random-ports"] if args.random_ports else []
+    command += ["--only", *args.only] if args.only else []
+    home.logs_dir.mkdir(parents=True, exist_ok=True)
+    with open(home.supervisor_log, "ab") as log:
+        supervisor = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+    print(f"started the supervisor (pid {supervisor.pid}); waiting up to {args.ready_timeout:g}s "
+          "for every workload to be SERVING ...", flush=True)
+    try:
+        state = _wait_until_ready(home, supervisor, args.ready_timeout + 30)
+    except KeyboardInterrupt:
+        state = None  # the user gave up waiting: stop what was started, below
+    if state is None:
+        return _report_failed_start(home, supervisor)
+    _print_workloads(state["workloads"])
+    print(_hints(home, state, detached=True))
+    return 0
+
+
+def _wait_until_ready(home, supervisor: subprocess.Popen, timeout_s: float) -> dict | None:
+    """The supervisor's state once every workload serves; None once it failed, exited or timed out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and supervisor.poll() is None:
+        state = home.read_state() or {}
+        if state.get("supervisor_pid") == supervisor.pid:  # not the state of an earlier run
+            if state.get("phase") == "ready":
+                return state
+            if state.get("phase") == "failed":
+                return None
+        time.sleep(0.2)
+    return None
+
+
+def _report_failed_start(home, supervisor: subprocess.Popen) -> int:
+    """Stop the supervisor (a failed one stops its workloads itself) and show why it failed."""
+    from modalmesh.home import tail
+
+    if supervisor.poll() is None:
+        supervisor.send_signal(signal.SIGTERM)  # never leave a half-started mesh behind
+    supervisor.wait()
+    state = home.read_state() or {}
+    if state.get("supervisor_pid") != supervisor.pid:
+        state = {"message": f"the supervisor exited with code {supervisor.returncode}"}
+    print(f"error: the mesh did not start: {state.get('message') or 'interrupted or timed out'}", file=sys.stderr)
+    failed = state.get("failed_workload")
+    log = home.log_of(failed) if failed else home.supervisor_log
+    print(f"--- last lines of {log} ---\n{tail(log)}", file=sys.stderr)
+    return 1
+
+
+def _already_running(home) -> int:
+    pid = home.supervisor_pid()
+    return _error(f"a mesh is already running in {home.root} (supervisor pid {pid}); "
+                  "see `modalmesh status`, stop it with `modalmesh down`, or use another --home")
+
+
+def _hints(home, state: dict, detached: bool) -> str:
+    first = next(iter(state["workloads"]))
+    stop = "modalmesh down" + ("" if home.root == _default_home_root() else f" --home {home.root}")
+    return "\n".join([
+        "",
+        f"call:    modalmesh call {first} grpc.health.v1.Health/Check",
+        f"logs:    {home.logs_dir}/",
+        f"stop:    {stop}" if detached else "stop:    Ctrl-C",
+    ])
+
+
+def _default_home_root() -> Path:
+    from modalmesh.home import default_home
+
+    return default_home().resolve()
+
+
+# -- down -----------------------------------------------------------------------------------------
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from modalmesh.home import MeshHome
+    from modalmesh.processes import process_alive
+    from modalmesh.supervisor import STOP_MARGIN_S, stop_leftovers
+
+    home = MeshHome(args.home)
+    if not home.supervisor_running():
+        leftovers = stop_leftovers(home.read_state())
+        note = f"; stopped {', '.join(leftovers)} left behind by a killed supervisor" if leftovers else ""
+        print(f"no mesh is running in {home.root}{note}")
+        return 0
+    pid = home.supervisor_pid()
+    if not process_alive(pid):
+        return _error(f"{home.pid_file} names no live process, yet the mesh's lock is held")
+    print(f"stopping the mesh in {home.root} (supervisor pid {pid}) ...", flush=True)
+    os.kill(pid, signal.SIGTERM)
+    # The supervisor gives each workload its drain grace and a margin; allow that plus a margin.
+    stop_timeouts = [w.get("stop_timeout_s", 0) for w in (home.read_state() or {}).get("workloads", {}).values()]
+    timeout = max(stop_timeouts, default=0) + STOP_MARGIN_S
+    deadline = time.monotonic() + timeout
+    while home.supervisor_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if home.supervisor_running():
+        print(f"the supervisor did not stop within {timeout:g}s; killing it", file=sys.stderr)
+        os.kill(pid, signal.SIGKILL)
+    stop_leftovers(home.read_state())
+    print("stopped")
+    return 0
+
+
+# -- status ---------------------------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from modalmesh.health import probe
+    from modalmesh.home import OPERATOR, MeshHome
+    from modalmesh.processes import process_alive
+
+    home = MeshHome(args.home)
+    state = home.read_state()
+    if not home.supervisor_running() or not state:
+        return _error(f"no mesh is running in {home.root}; start one with `modalmesh up`")
+    cert = home.certificate(OPERATOR)
+    workloads = {}
+    for name, entry in state["workloads"].items():
+        live = process_alive(entry.get("pid"))
+        health = probe(entry["grpc"], cert) if live else "UNREACHABLE"
+        workloads[name] = {key: entry.get(key) for key in
+                           ("name", "grpc", "metrics", "metrics_url", "identity", "pid", "restarts", "state")}
+        workloads[name].update(health=health, pid=entry.get("pid") if live else None)
+    if args.json:
+        print(json.dumps({"home": str(home.root), "supervisor_pid": state.get("supervisor_pid"),
+                          "phase": state.get("phase"), "workloads": workloads}, indent=2))
+    else:
+        print(f"mesh in {home.root}: {state.get('phase')} (supervisor pid {state.get('supervisor_pid')})")
+        _print_workloads(workloads)
+    return 0
+
+
+def _print_workloads(workloads: dict) -> None:
+    columns = [("WORKLOAD", "name"), ("GRPC", "grpc"), ("METRICS", "metrics_url"), ("IDENTITY", "identity"),
+               ("PID", "pid"), ("RESTARTS", "restarts"), ("HEALTH", "health")]
+    rows = [[header for header, _ in columns]]
+    rows += [["-" if w.get(key) is None else str(w.get(key)) for _, key in columns] for w in workloads.values()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    sys.stdout.flush()
+
+
+# -- pki ------------------------------------------------------------------------------------------
+
+def cmd_pki_issue(args: argparse.Namespace) -> int:
+    from modalmesh.home import MeshHome
+    from services.runtime.identity import spiffe_id
+
+    home = MeshHome(args.home)
+    try:
+        issued = home.issue(args.name, args.out)
+    except ValueError as e:
+        return _error(str(e))
+    print(f"identity:    {spiffe_id(args.name)}")
+    print(f"ca:          {issued.ca}")
+    print(f"certificate: {issued.cert}")
+    print(f"key:         {issued.key}")
+    return 0
+
+
+# -- call -----------------------------------------------------------------------------------------
+
+def cmd_call(args: argparse.Namespace) -> int:
+    import grpc
+
+    from modalmesh.call import (CallError, describe_rpc_error, format_json, invoke, message_to_dict,
+                                parse_requests, resolve_method)
+    from services.runtime.channels import secure_channel
+
+    home_error, address, cert = _call_target(args)
+    if home_error:
+        return _error(home_error)
+    try:
+        method = resolve_method(args.method)
+        requests = parse_requests(method, sys.stdin.read() if args.request == "-" else args.request)
+    except CallError as e:
+        return _error(str(e), code=2)
+    with secure_channel(address, cert.ca, cert.cert, cert.key) as channel:
+        try:
+            for reply in invoke(channel, method, requests, args.timeout):
+                print(format_json(message_to_dict(reply)), flush=True)
+        except grpc.RpcError as e:
+            print(describe_rpc_error(e), file=sys.stderr)
+            return 1
+    return 0
+
+
+def _call_target(args: argparse.Namespace):
+    """(error, address, certificate): the workload's address from the running mesh, or HOST:PORT as given."""
+    from modalmesh.home import MeshHome
+
+    home = MeshHome(args.home)
+    if ":" in args.workload:
+        return None, args.workload, home.certificate(args.as_name)
+    state = home.read_state()
+    if not home.supervisor_running() or not state:
+        return f"no mesh is running in {home.root}; start one with `modalmesh up`", None, None
+    entry = state["workloads"].get(args.workload)
+    if entry is None:
+        return (f"no workload {args.workload!r} in the mesh; running: {', '.join(state['workloads'])}",
+                None, None)
+    return None, entry["grpc"], home.certificate(args.as_name)
+
+
+# -- argument parsing -----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from modalmesh.workloads import DEFAULT_WORKLOADS_FILE
+
+    parser = argparse.ArgumentParser(
+        prog="modalmesh",
+        description="Run the local mesh of modalmesh services (mutual TLS, the authorization of "
+                    "mesh/policy.yaml), issue certificates, and call any method.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    home = argparse.ArgumentParser(add_help=False)
+    home.add_argument("--home", metavar="DIR",
+                      help="the mesh's directory (default: $MODALMESH_HOME or .modalmesh/ at the repository root)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = commands.add_parser(
+        "up", parents=[home], help="start the local mesh",
+        description="Issue certificates from the local CA, start every workload of mesh/workloads.yaml as a "
+                    "supervised process (restarted with backoff when it crashes), wait until each reports "
+                    "SERVING over mutual TLS and print where they listen. Ctrl-C or SIGTERM stops them all.")
+    up.add_argument("--detach", action="store_true",
+                    help="run the supervisor in the background; return once every workload is SERVING")
+    up.add_argument("--random-ports", action="store_true",
+                    help="pick free ports instead of those in workloads.yaml (tests, a second mesh)")
+    up.add_argument("--only", nargs="+", metavar="NAME", help="start only these workloads")
+    up.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S, metavar="S",
+                    help=f"how long to wait for every workload to be SERVING (default {READY_TIMEOUT_S:g})")
+    up.add_argument("--workloads", default=str(DEFAULT_WORKLOADS_FILE), metavar="FILE",
+                    help="the list of workloads (default: mesh/workloads.yaml)")
+    up.set_defaults(handler=cmd_up)
+
+    down = commands.add_parser("down", parents=[home], help="stop a mesh started with `up --detach`",
+                               description="Send SIGTERM to the supervisor and wait until it and every "
+                                           "workload have exited.")
+    down.set_defaults(handler=cmd_down)
+
+    status = commands.add_parser(
+        "status", parents=[home], help="show the running workloads and their live health",
+        description="Each workload's gRPC address, metrics address, identity, pid and health, asked over "
+                    "mutual TLS now (SERVING, NOT_SERVING or UNREACHABLE). Exits 1 when no mesh runs.")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(handler=cmd_status)
+
+    pki = commands.add_parser("pki", help="certificates of the local CA")
+    pki_commands = pki.add_subparsers(dest="pki_command", metavar="COMMAND", required=True)
+    issue = pki_commands.add_parser(
+        "issue", parents=[home], help="issue a certificate for an identity",
+        description="Write ca.crt, NAME.crt and NAME.key into DIR: a certificate for the identity "
+                    "spiffe://cluster.local/ns/modalmesh/sa/NAME from the mesh's CA, valid for "
+                    "localhost and 127.0.0.1 (for grpcurl, tritonclient, tests). mesh/policy.yaml lets "
+                    "the identity `cli` call everything.")
+    issue.add_argument("name", metavar="NAME", help="the workload (service account) name, e.g. cli")
+    issue.add_argument("--out", required=True, metavar="DIR", help="directory to write the files to")
+    issue.set_defaults(handler=cmd_pki_issue)
+
+    call = commands.add_parser(
+        "call", parents=[home], help="call a method of a running workload, JSON in and out",
+        description="Call METHOD of WORKLOAD over mutual TLS and print each reply as JSON. Tensors in "
+                    "replies are printed decoded as {dtype, shape, values}. On a gRPC error, print its "
+                    "status code, message and field violations, and exit 1.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  modalmesh call text modalmesh.v1.TextService.Embed '{\"texts\": [\"hello\"]}' "
+               "| jq '.embeddings.shape'")
+    call.add_argument("workload", metavar="WORKLOAD", help="a workload of the running mesh, or HOST:PORT")
+    call.add_argument("method", metavar="METHOD",
+                      help="/package.Service/Method, package.Service/Method or package.Service.Method")
+    call.add_argument("request", nargs="?", default="{}", metavar="JSON",
+                      help="the request as JSON ('-' reads stdin; default {}); an array of requests for a "
+                           "client-streaming method")
+    call.add_argument("--timeout", type=float, default=60.0, metavar="S", help="deadline in seconds (default 60)")
+    call.add_argument("--as", dest="as_name", default="cli", metavar="NAME",
+                      help="the identity to call as (default cli; its certificate is issued when missing)")
+    call.set_defaults(handler=cmd_call)
+    return parser
+
+
+def _error(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `modalmesh call ... | head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
