@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import Pki, start_service
+from modalmesh.home import MeshHome
+from tests.support import start_service
 
 
 @pytest.fixture(scope="session")
-def pki(tmp_path_factory) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
+def pki(tmp_path_factory) -> MeshHome:
+    """A mesh home for the session: its CA, and certificates issued from it by workload name."""
+    return MeshHome(tmp_path_factory.mktemp("mesh-home"))
 
 
 @pytest.fixture(scope="session")

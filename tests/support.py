@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -16,10 +15,15 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modalmesh.pki import IssuedCertificate, LocalCA
+from modalmesh.home import MeshHome
+from modalmesh.supervisor import service_environment
+from modalmesh.workloads import Workload
 from services.runtime.channels import secure_channel
+from services.runtime.settings import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_POLICY_FILE = REPO_ROOT / "mesh" / "policy.yaml"
+
+ROOT = REPO_ROOT
 
 
 def free_port() -> int:
@@ -28,26 +32,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Pki:
-    """A CA for one test session and the certificates issued from it, by workload name."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.ca = LocalCA.load_or_create(directory / "ca")
-        self._issued: dict[str, IssuedCertificate] = {}
-
-    def issue(self, name: str) -> IssuedCertificate:
-        if name not in self._issued:
-            self._issued[name] = self.ca.issue(name, self.directory / "certs")
-        return self._issued[name]
-
-
 @dataclass
 class ServiceProcess:
     process: subprocess.Popen
     port: int
     metrics_port: int
-    pki: Pki
+    home: MeshHome
     log_path: Path
 
     @property
@@ -59,11 +49,11 @@ class ServiceProcess:
     def channel(self, identity: str = "cli") -> grpc.Channel:
         if self.sidecar:   # plaintext, as the Istio sidecar forwards it; identity in the XFCC header
             return grpc.insecure_channel(self.target)
-        cert = self.pki.issue(identity)
+        cert = self.home.certificate(identity)
         return secure_channel(self.target, cert.ca, cert.cert, cert.key)
 
     def aio_channel(self, identity: str = "cli") -> grpc.aio.Channel:
-        cert = self.pki.issue(identity)
+        cert = self.home.certificate(identity)
         return secure_channel(self.target, cert.ca, cert.cert, cert.key, aio=True)
 
     def health(self, service: str = "") -> str:
@@ -107,21 +97,22 @@ class ServiceProcess:
         return self.process.returncode
 
 
-def start_service(module: str, pki: Pki, tmp: Path, workload: str, **settings) -> ServiceProcess:
-    """Start ``python -m module`` with its own certificate and free ports; waits until SERVING."""
-    cert = pki.issue(workload)
+def start_service(module: str, home: MeshHome, tmp: Path, workload: str, **settings) -> ServiceProcess:
+    """Start ``python -m module`` as the local mesh would, on free ports; waits until SERVING.
+
+    ``settings`` become MODALMESH_* variables (``max_queue_size=4`` → MODALMESH_MAX_QUEUE_SIZE=4).
+    """
+    settings = {"model_threads": 2, "drain_grace_s": 20, **settings}
     port, metrics_port = free_port(), free_port()
-    env = {**os.environ,
-           "MODALMESH_WORKLOAD": workload, "MODALMESH_GRPC_PORT": str(port),
-           "MODALMESH_METRICS_PORT": str(metrics_port), "MODALMESH_TLS_CA": str(cert.ca),
-           "MODALMESH_TLS_CERT": str(cert.cert), "MODALMESH_TLS_KEY": str(cert.key),
-           "MODALMESH_MODEL_THREADS": "2", "MODALMESH_DRAIN_GRACE_S": "20"}
-    env.update({f"MODALMESH_{k.upper()}": str(v) for k, v in settings.items()})
+    spec = Workload(workload, module, port, metrics_port,
+                    env={f"MODALMESH_{k.upper()}": str(v) for k, v in settings.items()})
+    env = service_environment(spec, home.certificate(workload), DEFAULT_POLICY_FILE)
+    env.update(spec.env)   # a test may ask for sidecar mode, which the local mesh never does
     log_path = tmp / f"{workload}-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT,
                                    cwd=ROOT, start_new_session=True)
-    service = ServiceProcess(process, port, metrics_port, pki, log_path, sidecar=settings.get("tls_mode") == "sidecar")
+    service = ServiceProcess(process, port, metrics_port, home, log_path, sidecar=settings.get("tls_mode") == "sidecar")
     try:
         service.wait_serving()
     except BaseException:

@@ -46,7 +46,7 @@ def test_every_field_we_declare_matches_tritonclients_protos():
 
 
 def test_tritonclient_lists_describes_configures_and_infers(text_service):
-    cert = text_service.pki.issue("cli")
+    cert = text_service.home.certificate("cli")
     seen = json.loads(run_in_triton_venv(str(ROOT / "tests" / "tritonclient" / "drive.py"), text_service.target,
                                          str(cert.ca), str(cert.cert), str(cert.key), MODEL))
     assert seen["live"] and seen["ready"] and seen["model_ready"]

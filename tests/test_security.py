@@ -20,7 +20,7 @@ def embed_over(channel: grpc.Channel) -> grpc.RpcError:
 
 
 def test_client_without_certificate_is_refused_in_the_handshake(text_service):
-    ca = text_service.pki.issue("cli").ca.read_bytes()
+    ca = text_service.home.certificate("cli").ca.read_bytes()
     channel = grpc.secure_channel(text_service.target, grpc.ssl_channel_credentials(root_certificates=ca))
     assert embed_over(channel).code() == grpc.StatusCode.UNAVAILABLE
     assert text_service.health() == "SERVING"
@@ -28,7 +28,7 @@ def test_client_without_certificate_is_refused_in_the_handshake(text_service):
 
 def test_certificate_from_another_ca_is_refused(text_service, tmp_path):
     rogue = LocalCA.load_or_create(tmp_path / "rogue-ca").issue("cli", tmp_path / "rogue")
-    ca = text_service.pki.issue("cli").ca.read_bytes()   # trusts the real server, presents a rogue identity
+    ca = text_service.home.certificate("cli").ca.read_bytes()   # trusts the real server, presents a rogue identity
     channel = grpc.secure_channel(text_service.target, grpc.ssl_channel_credentials(
         root_certificates=ca, private_key=rogue.key.read_bytes(), certificate_chain=rogue.cert.read_bytes()))
     assert embed_over(channel).code() == grpc.StatusCode.UNAVAILABLE

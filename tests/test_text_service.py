@@ -112,7 +112,7 @@ def test_health_reports_each_service(text_service):
 
 def test_message_size_limit_is_enforced_with_a_clear_status(text_service):
     """Past the 16 MiB limit the server refuses with RESOURCE_EXHAUSTED instead of buffering it."""
-    cert = text_service.pki.issue("cli")
+    cert = text_service.home.certificate("cli")
     from services.runtime.channels import secure_channel
     with secure_channel(text_service.target, cert.ca, cert.cert, cert.key, max_message_bytes=64 << 20) as channel:
         with pytest.raises(grpc.RpcError) as error:
