@@ -217,3 +217,19 @@ def test_close_finishes_queued_work():
         return [list(await p) for p in pending]
 
     assert run(scenario()) == [[2 * i] for i in range(5)]
+
+
+def test_instances_run_batches_concurrently():
+    async def scenario():
+        both_running = threading.Barrier(2, timeout=5)
+
+        def model(rows):
+            both_running.wait()   # returns only when two batches are on the model at once
+            return rows
+
+        batcher = await started(model, max_batch_size=1, instances=2)
+        results = await asyncio.gather(batcher.submit([1]), batcher.submit([2]))
+        await batcher.close()
+        return results
+
+    assert [list(r) for r in run(scenario())] == [[1], [2]]

@@ -30,6 +30,9 @@ class BatchingConfig:
     max_queue_delay_s: float = 0.002
     max_queue_size: int = 1024
     enabled: bool = True
+    # Batches that may run at once, each on its own thread (Triton's instance_group count). On a CPU,
+    # two single-threaded instances beat one two-threaded one: neither waits on the other's barrier.
+    instances: int = 1
 
 
 @dataclass
@@ -76,7 +79,7 @@ class DynamicBatcher:
         self._queue: collections.deque[_Request] = collections.deque()
         self._waiting = 0
         self._arrival = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{model_name}")
+        self._executor = ThreadPoolExecutor(max_workers=config.instances, thread_name_prefix=f"model-{model_name}")
         self._worker: asyncio.Task | None = None
         self._closed = False
 
@@ -129,12 +132,21 @@ class DynamicBatcher:
     # -- dispatch --------------------------------------------------------------------------
 
     async def _dispatch_forever(self) -> None:
+        """Form a batch whenever an instance is free; up to ``instances`` batches run at once."""
+        free = asyncio.Semaphore(self.config.instances)
+        running: set[asyncio.Task] = set()
         while True:
+            await free.acquire()
             batch = await self._next_batch()
             if batch is None:
-                return
-            if batch:
-                await self._execute(batch)
+                break
+            if not batch:   # every request in it was abandoned meanwhile
+                free.release()
+                continue
+            task = asyncio.ensure_future(self._execute(batch))
+            running.add(task)
+            task.add_done_callback(lambda t: (running.discard(t), free.release()))
+        await asyncio.gather(*running)
 
     async def _next_batch(self) -> list[_Request] | None:
         """Wait until a batch is due, then take it: full, or its oldest request waited long enough."""

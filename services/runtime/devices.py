@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -20,7 +22,6 @@ def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
     return torch.float32
 
 
-def configure_threads(threads: int) -> None:
-    """Intra-op threads for CPU inference; 0 keeps torch's default (all cores)."""
-    if threads > 0:
-        torch.set_num_threads(threads)
+def configure_threads(threads: int, instances: int = 1) -> None:
+    """Intra-op threads for CPU inference; 0 shares the cores among the model instances."""
+    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 1) // instances))

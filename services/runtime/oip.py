@@ -200,7 +200,7 @@ def _config_of(model: ServedModel) -> mc.ModelConfig:
                for s in model.adapter.inputs],
         output=[mc.ModelOutput(name=s.name, data_type=config_datatype(s.datatype), dims=list(s.shape))
                 for s in model.adapter.outputs],
-        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu
+        instance_group=[mc.ModelInstanceGroup(count=batching.instances, kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu
                                               else mc.ModelInstanceGroup.KIND_CPU)],
     )
     if batching.enabled:

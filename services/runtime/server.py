@@ -47,6 +47,7 @@ class Runtime:
             max_queue_delay_s=settings.max_queue_delay_ms / 1000,
             max_queue_size=settings.max_queue_size,
             enabled=settings.dynamic_batching,
+            instances=settings.model_instances,
         )
 
     def serve_model(self, name: str, adapter: ModelAdapter) -> ServedModel:

@@ -39,7 +39,8 @@ class ServiceSettings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, description="Rows per model execution")
     max_queue_delay_ms: float = Field(2.0, ge=0, description="Longest a request waits for a batch to fill")
     max_queue_size: int = Field(1024, ge=1, description="Queued requests past which RESOURCE_EXHAUSTED")
-    model_threads: int = Field(0, ge=0, description="Intra-op threads for the model; 0 = all cores")
+    model_instances: int = Field(1, ge=1, le=64, description="Batches that run at once, each on its own thread")
+    model_threads: int = Field(0, ge=0, description="Intra-op threads per process; 0 = cores / model_instances")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
 
     drain_delay_s: float = Field(0.0, ge=0, description="On SIGTERM, report NOT_SERVING this long (still "

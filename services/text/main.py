@@ -30,6 +30,7 @@ def build(runtime: Runtime) -> Service:
     settings: TextSettings = runtime.settings
     embedder = model_registry().create(settings.embedding_model, device=settings.device,
                                        precision=settings.embedding_precision, threads=settings.model_threads,
+                                       instances=settings.model_instances,
                                        max_tokens=settings.embedding_max_tokens)
     served = runtime.serve_model(_served_name(settings.embedding_model), embedder)
     return Service(models=[served], servicers=[
