@@ -134,7 +134,7 @@ class DynamicBatcher:
     async def _dispatch_forever(self) -> None:
         """Form a batch whenever an instance is free; up to ``instances`` batches run at once."""
         free = asyncio.Semaphore(self.config.instances)
-        running: set[asyncio.Task] = set()
+        answering: set[asyncio.Task] = set()
         while True:
             await free.acquire()
             batch = await self._next_batch()
@@ -143,10 +143,10 @@ class DynamicBatcher:
             if not batch:   # every request in it was abandoned meanwhile
                 free.release()
                 continue
-            task = asyncio.ensure_future(self._execute(batch))
-            running.add(task)
-            task.add_done_callback(lambda t: (running.discard(t), free.release()))
-        await asyncio.gather(*running)
+            task = asyncio.ensure_future(self._answer(batch, self._start(batch), free))
+            answering.add(task)
+            task.add_done_callback(answering.discard)
+        await asyncio.gather(*answering)
 
     async def _next_batch(self) -> list[_Request] | None:
         """Wait until a batch is due, then take it: full, or its oldest request waited long enough."""
@@ -195,21 +195,32 @@ class DynamicBatcher:
             rows += len(request.rows)
         return batch
 
-    async def _execute(self, batch: list[_Request]) -> None:
+    def _start(self, batch: list[_Request]) -> tuple[asyncio.Future, list, float]:
+        """Hand the batch to a model thread now, from the dispatcher, before anything else is scheduled."""
         rows = [row for request in batch for row in request.rows]
         started = time.monotonic()
         for request in batch:
             self.stats.queue.add(int((started - request.enqueued) * 1e9))
             if self._metrics:
                 self._metrics.queue_time.labels(self.model_name).observe(started - request.enqueued)
+        compute = asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, rows)
+        return compute, rows, started
+
+    async def _answer(self, batch: list[_Request], running: tuple[asyncio.Future, list, float],
+                      free: asyncio.Semaphore) -> None:
+        compute, rows, started = running
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, rows)
+            results = await compute
             if len(results) != len(rows):
                 raise RuntimeError(f"model returned {len(results)} results for {len(rows)} rows")
         except Exception as error:  # a model failure fails its batch, never the server
             log.exception("model execution failed", extra={"model": self.model_name, "rows": len(rows)})
             self._finish_failed(batch, error, started)
             return
+        finally:
+            # Free the instance before waking the callers: the dispatcher then starts the next
+            # batch ahead of this batch's response handlers.
+            free.release()
         self._record_execution(batch, len(rows), started)
         offset = 0
         for request in batch:

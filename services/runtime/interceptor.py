@@ -26,12 +26,16 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         self.tracing_on = tracing_on
         self.sidecar_mode = sidecar_mode
         self._identity_of = peer_identity_from_sidecar if sidecar_mode else peer_identity_from_tls
+        self._calls: dict[str, _Call] = {}   # one guard per served method (only known methods get here)
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None:
             return None   # unknown method: gRPC answers UNIMPLEMENTED
-        return _wrap(handler, _Call(self, details.method))
+        call = self._calls.get(details.method)
+        if call is None:
+            call = self._calls[details.method] = _Call(self, details.method)
+        return _wrap(handler, call)
 
 
 class _Call:
@@ -40,6 +44,8 @@ class _Call:
     def __init__(self, owner: MeshInterceptor, method: str):
         self.owner = owner
         self.method = method
+        self.latency = owner.metrics.latency.labels(method)   # label lookups once per method, not per call
+        self.ok = owner.metrics.requests.labels(method, "OK")
 
     def authorize(self, context: grpc.aio.ServicerContext) -> str | None:
         identity = self.owner._identity_of(context)
@@ -71,8 +77,9 @@ class _Call:
                caller: str | None) -> None:
         code = _code_of(context, error)
         elapsed = time.perf_counter() - started
-        self.owner.metrics.requests.labels(self.method, code.name).inc()
-        self.owner.metrics.latency.labels(self.method).observe(elapsed)
+        counter = self.ok if code == grpc.StatusCode.OK else self.owner.metrics.requests.labels(self.method, code.name)
+        counter.inc()
+        self.latency.observe(elapsed)
         level = logging.DEBUG if code == grpc.StatusCode.OK else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "rpc", extra={"method": self.method, "code": code.name, "caller": caller,

@@ -27,6 +27,7 @@ class ServedModel:
         self.state = "LOADING"
         self.reason = ""
         self._description: ModelDescription | None = None
+        self.model_info = None   # the ModelInfo proto every response carries, built once at load
 
     @property
     def ready(self) -> bool:
@@ -48,6 +49,7 @@ class ServedModel:
             self.state, self.reason = "UNAVAILABLE", f"{type(error).__name__}: {error}"
             raise
         self._description = self.adapter.describe()
+        self.model_info = self._description.to_proto()
         self.batcher.start()
         self.state = "READY"
         log.info("model ready", extra={"model": self.name, "seconds": round(time.monotonic() - started, 2),

@@ -70,6 +70,7 @@ class SentenceEmbedder(ModelAdapter):
         self.chunk_rows = chunk_rows or (16 if self.device.type == "cpu" else 1 << 16)
         self.model = None
         self.tokenizer = None
+        self.encoder = None
         self.outputs = (TensorSpec("EMBEDDING", "FP32", (-1,)),)   # the width is known once loaded
         self.dimensions = 0
         self.max_tokens = 0
@@ -90,6 +91,11 @@ class SentenceEmbedder(ModelAdapter):
         # local_files_only: weights come from the package, a path or the cache, never the network.
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, dtype=self.dtype, local_files_only=True).to(self.device).eval()
+        # The Rust tokenizer itself, without padding or truncation: a quarter cheaper per call than the
+        # transformers wrapper, and this runs on the event loop for every request.
+        self.encoder = self.tokenizer.backend_tokenizer
+        self.encoder.no_padding()
+        self.encoder.no_truncation()
         self.dimensions = int(self.model.config.hidden_size)
         self.max_tokens = self._window(path)
         self.outputs = (TensorSpec("EMBEDDING", "FP32", (self.dimensions,)),)
@@ -138,8 +144,7 @@ class SentenceEmbedder(ModelAdapter):
 
     def tokenize(self, texts: Sequence[str], allow_truncation: bool = True) -> list[TokenizedText]:
         """Token ids per text, cut to the window; refuses (INVALID_ARGUMENT) when cutting is not allowed."""
-        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
-                                 return_attention_mask=False)["input_ids"]
+        encoded = [e.ids for e in self.encoder.encode_batch(list(texts), add_special_tokens=True)]
         rows = []
         for i, ids in enumerate(encoded):
             truncated = len(ids) > self.max_tokens

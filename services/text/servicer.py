@@ -35,7 +35,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
                                          data=vectors.tobytes()),
             token_counts=[len(r.ids) for r in rows],
             truncated=[r.truncated for r in rows],
-            model=self.embedder.description.to_proto(),
+            model=self.embedder.model_info,
         )
 
     async def Classify(self, request: text_pb2.ClassifyRequest, context) -> text_pb2.ClassifyResponse:
@@ -49,7 +49,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         return text_pb2.ClassifyResponse(
             results=[_classification(request.labels, similarity[i], scores[i], rows[i].truncated)
                      for i in range(len(rows))],
-            model=self.embedder.description.to_proto(),
+            model=self.embedder.model_info,
         )
 
     def _prepare(self, texts, truncation) -> list:

