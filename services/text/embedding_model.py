@@ -57,17 +57,13 @@ class SentenceEmbedder(ModelAdapter):
     inputs = (TensorSpec("TEXT", "BYTES", (1,)),)
 
     def __init__(self, source: str = PACKAGED_NAME, device: str = "auto", precision: str = "auto",
-                 threads: int = 0, instances: int = 1, max_tokens: int | None = None,
-                 chunk_rows: int | None = None):
+                 threads: int = 0, instances: int = 1, max_tokens: int | None = None):
         self.source = source
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, precision)
         self.threads = threads
         self.instances = instances
         self.requested_max_tokens = max_tokens
-        # On a CPU, padding costs as much as real tokens: length-sorted chunks of 16 cut it to a few
-        # percent. A GPU prefers one wide launch, so it takes the batch whole.
-        self.chunk_rows = chunk_rows or (16 if self.device.type == "cpu" else 1 << 16)
         self.model = None
         self.tokenizer = None
         self.encoder = None
@@ -117,15 +113,6 @@ class SentenceEmbedder(ModelAdapter):
 
     @torch.inference_mode()
     def run_batch(self, rows: Sequence[TokenizedText]) -> np.ndarray:
-        """Encode rows in chunks of similar length, so short texts do not pay for the longest one's padding."""
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
-        vectors = np.empty((len(rows), self.dimensions), dtype=np.float32)
-        for start in range(0, len(order), self.chunk_rows):
-            chunk = order[start:start + self.chunk_rows]
-            vectors[chunk] = self._encode([rows[i] for i in chunk])
-        return vectors
-
-    def _encode(self, rows: Sequence[TokenizedText]) -> np.ndarray:
         """Pad to the longest row, run the encoder, mean-pool over real tokens, L2-normalise."""
         width = max(len(r.ids) for r in rows)
         ids = np.full((len(rows), width), self.tokenizer.pad_token_id, dtype=np.int64)
