@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import math
 import multiprocessing
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,118 +28,21 @@ if str(ROOT) not in sys.path:   # run as `python bench/x.py`: make the project i
     sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from modalmesh.pki import IssuedCertificate, LocalCA  # noqa: E402
-from services.runtime.channels import channel_options, client_credentials, secure_channel  # noqa: E402
+from modalmesh.home import MeshHome  # noqa: E402
+from modalmesh.launch import die_with_parent, launch  # noqa: E402
+from services.runtime.channels import channel_options, client_credentials  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
-CLIENT_IDENTITY = "cli"   # mesh/policy.yaml lets the operator's identity call every method
 
 
 # -- certificates and service processes ----------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class BenchPki:
-    """A throw-away CA in a temporary directory and the certificates issued from it."""
-
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-        self.ca = LocalCA.load_or_create(self.directory / "ca")
-        self._issued: dict[str, IssuedCertificate] = {}
-
-    def issue(self, workload: str) -> IssuedCertificate:
-        if workload not in self._issued:
-            self._issued[workload] = self.ca.issue(workload, self.directory / "certs")
-        return self._issued[workload]
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM it if the benchmark dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-
-
-@dataclass
-class ServiceProcess:
-    """A service started as ``python -m <module>`` on free ports, with mutual TLS."""
-
-    process: subprocess.Popen
-    port: int
-    metrics_port: int
-    client_cert: IssuedCertificate
-    log_path: Path
-
-    @property
-    def target(self) -> str:
-        return f"localhost:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def channel(self) -> grpc.Channel:
-        c = self.client_cert
-        return secure_channel(self.target, c.ca, c.cert, c.key)
-
-    def health(self) -> str:
-        with self.channel() as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
-    def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
-            return reply.read().decode()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def wait_serving(self, timeout: float = 240) -> float:
-        """Seconds until health says SERVING (model loaded and warmed)."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(grpc.RpcError):
-                if self.health() == "SERVING":
-                    return time.monotonic() - started
-            time.sleep(0.2)
-        raise TimeoutError(f"service not SERVING after {timeout}s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 20) -> int | None:
-        """SIGTERM (the service drains), then SIGKILL if it does not exit in time."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
 @contextlib.contextmanager
-def running_service(module: str, workload: str, pki: BenchPki, log_dir: Path, **settings):
-    """Start a service (settings become MODALMESH_* variables), wait for SERVING, always stop it."""
-    cert = pki.issue(workload)
-    port, metrics_port = free_port(), free_port()
-    env = {**os.environ,
-           "MODALMESH_WORKLOAD": workload, "MODALMESH_GRPC_PORT": str(port),
-           "MODALMESH_METRICS_PORT": str(metrics_port), "MODALMESH_TLS_CA": str(cert.ca),
-           "MODALMESH_TLS_CERT": str(cert.cert), "MODALMESH_TLS_KEY": str(cert.key)}
-    env.update({f"MODALMESH_{k.upper()}": str(v) for k, v in settings.items()})
-    log_path = Path(log_dir) / f"{workload}-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=ROOT, start_new_session=True, preexec_fn=_die_with_parent)
-    service = ServiceProcess(process, port, metrics_port, pki.issue(CLIENT_IDENTITY), log_path)
+def running_service(module: str, workload: str, home: MeshHome, log_dir: Path, **settings):
+    """Start a service as the local mesh would (settings become MODALMESH_* variables); always stop it."""
+    service = launch(module, home, log_dir, workload, **settings)
     try:
         yield service
     finally:
@@ -269,7 +169,7 @@ class LoadResult:
 def _client_process(spec: LoadSpec, index: int, callers: int, conn) -> None:
     """One client process: ``callers`` asyncio tasks over ``channels_per_process`` channels."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when clients stop
-    _die_with_parent()
+    die_with_parent()
     try:
         conn.send(("result", asyncio.run(_drive(spec, index, callers, conn))))
     except BaseException as error:   # report, never hang the parent

@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
-from _common import (BenchPki, LoadSpec, exit_cleanly_on_sigterm, machine_description,  # noqa: E402
+from modalmesh.home import MeshHome  # noqa: E402
+from _common import (LoadSpec, exit_cleanly_on_sigterm, machine_description,  # noqa: E402
                      process_cpu_seconds, rate_per_second, run_load, running_service, system_cpu_seconds,
                      thread_cpu_seconds, thread_cpu_usage, write_record)
 
@@ -246,7 +247,7 @@ def prometheus_batch_size(text: str) -> dict:
     return values
 
 
-def measure_service(name: str, requests: list[bytes], args, pki: BenchPki, tmp: Path, **settings) -> dict:
+def measure_service(name: str, requests: list[bytes], args, pki: MeshHome, tmp: Path, **settings) -> dict:
     """Start the service with ``settings``, drive it with closed-loop load, stop it."""
     print(f"[{name}] starting the text service ({', '.join(f'{k}={v}' for k, v in settings.items())}) ...",
           flush=True)
@@ -266,7 +267,7 @@ def measure_service(name: str, requests: list[bytes], args, pki: BenchPki, tmp: 
         machine_cores = server["machine_cpu_busy_fraction"] * (os.cpu_count() or 1)
         server["other_processes_cpu_cores"] = round(max(0.0, machine_cores - server["server_cpu_cores"]
                                                          - load.client_cpu_cores), 3)
-        server["prometheus_batch_size_since_start"] = prometheus_batch_size(service.metrics_text())
+        server["prometheus_batch_size_since_start"] = prometheus_batch_size(service.metrics())
         if service.process.poll() is not None:
             raise RuntimeError(f"the service exited during the run:\n{service.log_tail()}")
     return {"settings": settings, "ready_s": round(ready_s, 1), "load": load, "server": server,
@@ -371,7 +372,7 @@ def main(argv=None) -> int:
     if args.instances:
         common.update(model_instances=args.instances, model_threads=max(1, args.threads // args.instances))
     with _common.temporary_directory("modalmesh-bench-") as tmp:
-        pki = BenchPki(Path(tmp))
+        pki = MeshHome(Path(tmp))
         record["batched"] = measure_service("batched", requests, args, pki, Path(tmp),
                                             dynamic_batching="true", **common)
         print_phase("batched", record["batched"])

@@ -149,7 +149,6 @@ def test_every_command_has_help(command, capsys):
 
 def test_the_console_script_runs():
     script = shutil.which("modalmesh", path=str(Path(sys.executable).parent)) or shutil.which("modalmesh")
-    if script is None:
-        pytest.skip("modalmesh is not installed as a console script (pip install -e .)")
+    assert script, "the install (make test, pip install -e .) provides the modalmesh console script"
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "modalmesh up --detach" in result.stdout, result.stderr

@@ -1,3 +1,7 @@
-from services.text.main import main
+from services.runtime.bootstrap import prepare_process
+
+prepare_process()   # before gRPC is imported
+
+from services.text.main import main  # noqa: E402
 
 main()
