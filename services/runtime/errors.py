@@ -74,10 +74,6 @@ class Unauthenticated(ServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
-class Cancelled(ServiceError):
-    code = grpc.StatusCode.CANCELLED
-
-
 
 
 def bad_request_of(error: grpc.RpcError) -> list[tuple[str, str]]:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import grpc
+from opentelemetry.trace import SpanKind
 
 from services.runtime import tracing
 from services.runtime.errors import InvalidArgument, PermissionDenied, ServiceError, Unauthenticated
@@ -62,7 +63,7 @@ class _Call:
         if not self.owner.tracing_on:
             return _NO_SPAN
         parent = tracing.extract_context(context.invocation_metadata())
-        return tracing.tracer().start_as_current_span(self.method, context=parent, kind=_server_kind(),
+        return tracing.tracer().start_as_current_span(self.method, context=parent, kind=SpanKind.SERVER,
                                                       attributes={"rpc.system": "grpc", "rpc.method": self.method})
 
     async def fail(self, context: grpc.aio.ServicerContext, error: Exception) -> None:
@@ -95,11 +96,6 @@ class _NoSpan:
 
 
 _NO_SPAN = _NoSpan()
-
-
-def _server_kind():
-    from opentelemetry.trace import SpanKind
-    return SpanKind.SERVER
 
 
 def _code_of(context, error: BaseException | None) -> grpc.StatusCode:
