@@ -26,17 +26,18 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         self.metrics = metrics
         self.tracing_on = tracing_on
         self.sidecar_mode = sidecar_mode
-        self._identity_of = peer_identity_from_sidecar if sidecar_mode else peer_identity_from_tls
-        self._calls: dict[str, _Call] = {}   # one guard per served method (only known methods get here)
+        self.identity_of = peer_identity_from_sidecar if sidecar_mode else peer_identity_from_tls
+        # One guarded handler per served method, built on its first call (unknown methods are never stored).
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        handler = await continuation(details)
-        if handler is None:
-            return None   # unknown method: gRPC answers UNIMPLEMENTED
-        call = self._calls.get(details.method)
-        if call is None:
-            call = self._calls[details.method] = _Call(self, details.method)
-        return _wrap(handler, call)
+        guarded = self._guarded.get(details.method)
+        if guarded is None:
+            handler = await continuation(details)
+            if handler is None:
+                return None   # unknown method: gRPC answers UNIMPLEMENTED
+            guarded = self._guarded[details.method] = _wrap(handler, _Call(self, details.method))
+        return guarded
 
 
 class _Call:
@@ -49,7 +50,7 @@ class _Call:
         self.ok = owner.metrics.requests.labels(method, "OK")
 
     def authorize(self, context: grpc.aio.ServicerContext) -> str | None:
-        identity = self.owner._identity_of(context)
+        identity = self.owner.identity_of(context)
         if identity is None and self.owner.sidecar_mode and self.owner.policy.is_probe(self.method):
             return None   # a kubelet probe rewritten by the sidecar: it carries no identity
         if identity is None or self.owner.policy.caller_name(identity) is None:
