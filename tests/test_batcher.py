@@ -42,6 +42,16 @@ async def started(model, **config) -> DynamicBatcher:
     return batcher
 
 
+async def busy(**config):
+    """A batcher whose model is running row 0 and holds it until the returned gate is set."""
+    gate = threading.Event()
+    model = RecordingModel(gate=gate)
+    batcher = await started(model, max_batch_size=1, **config)
+    running = asyncio.ensure_future(batcher.submit([0]))
+    await asyncio.sleep(0.05)   # the worker has taken it: the queue is empty again
+    return batcher, model, gate, running
+
+
 def test_concurrent_requests_share_batches_and_get_their_own_results():
     async def scenario():
         model = RecordingModel()
@@ -109,11 +119,7 @@ def test_batching_off_runs_each_request_alone():
 
 def test_full_queue_refuses_at_once():
     async def scenario():
-        gate = threading.Event()
-        model = RecordingModel(gate=gate)
-        batcher = await started(model, max_batch_size=1, max_queue_size=3)
-        running = asyncio.ensure_future(batcher.submit([0]))   # taken by the worker, blocked on the gate
-        await asyncio.sleep(0.05)
+        batcher, model, gate, running = await busy(max_queue_size=3)
         queued = [asyncio.ensure_future(batcher.submit([i])) for i in (1, 2, 3)]
         await asyncio.sleep(0.05)
         t0 = time.monotonic()
@@ -132,11 +138,7 @@ def test_full_queue_refuses_at_once():
 
 def test_expired_request_leaves_the_queue_and_costs_no_model_time():
     async def scenario():
-        gate = threading.Event()
-        model = RecordingModel(gate=gate)
-        batcher = await started(model, max_batch_size=1)
-        blocker = asyncio.ensure_future(batcher.submit([0]))
-        await asyncio.sleep(0.05)
+        batcher, model, gate, blocker = await busy()
         with pytest.raises(DeadlineExceeded):
             await batcher.submit([99], timeout=0.1)
         depth_after = batcher.queue_depth
@@ -154,11 +156,7 @@ def test_expired_request_leaves_the_queue_and_costs_no_model_time():
 
 def test_cancelled_request_is_skipped():
     async def scenario():
-        gate = threading.Event()
-        model = RecordingModel(gate=gate)
-        batcher = await started(model, max_batch_size=1)
-        blocker = asyncio.ensure_future(batcher.submit([0]))
-        await asyncio.sleep(0.05)
+        batcher, model, gate, blocker = await busy()
         abandoned = asyncio.ensure_future(batcher.submit([42]))
         await asyncio.sleep(0.05)
         abandoned.cancel()
