@@ -53,8 +53,6 @@ def describe_exit(returncode: int) -> str:
 def service_environment(workload: Workload, cert: IssuedCertificate, policy_file: Path) -> dict[str, str]:
     """The service process contract: who it is, where it listens, its certificate and the policy."""
     env = dict(os.environ)
-    # A log file is no terminal: Hugging Face progress bars would only break its JSON lines.
-    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     env.update(workload.env)
     env.update({
         "PYTHONUNBUFFERED": "1",  # logs reach the log file as they happen, not at exit
