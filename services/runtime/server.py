@@ -13,9 +13,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from inference import grpc_service_pb2_grpc
 from services.runtime import tracing
 from services.runtime.adapter import ModelAdapter
 from services.runtime.batcher import BatchingConfig
+from services.runtime.channels import channel_options
 from services.runtime.interceptor import MeshInterceptor
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import Metrics
@@ -80,14 +82,11 @@ class ServiceServer:
         tracing_on = tracing.configure_tracing(settings.workload, settings.otlp_endpoint) is not None
         interceptor = MeshInterceptor(settings.workload, MeshPolicy.load(settings.policy_file), self.runtime.metrics,
                                       sidecar_mode=settings.tls_mode == "sidecar", tracing_on=tracing_on)
-        limit = settings.max_message_bytes
-        self.server = grpc.aio.server(interceptors=[interceptor], options=[
-            ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
-            ("grpc.so_reuseport", 0),
-        ])
+        # The same message limits as the mesh's clients; no SO_REUSEPORT, so a taken port fails loudly.
+        self.server = grpc.aio.server(interceptors=[interceptor],
+                                      options=channel_options(settings.max_message_bytes) + [("grpc.so_reuseport", 0)])
         for add, servicer, _ in self.service.servicers:
             add(servicer, self.server)
-        from inference import grpc_service_pb2_grpc
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(f"modalmesh-{settings.workload}", self.service.models), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
