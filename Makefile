@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status test test-fast lint protos bench clean
+.PHONY: help install up down status test test-fast lint manifests protos bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,8 +46,14 @@ test: $(STAMP) $(TRITON_VENV)/.installed node_modules/.installed ## Install, the
 test-fast: $(STAMP) $(TRITON_VENV)/.installed node_modules/.installed ## The test suite without tests marked slow
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: node_modules/.installed ## Lint the protobuf module with buf
+lint: $(STAMP) node_modules/.installed ## Lint protos (buf), YAML (yamllint), the Dockerfile (hadolint); check generated manifests
 	npx --no-install buf lint
+	$(VENV)/bin/yamllint --strict mesh skaffold.yaml
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/modalmesh mesh render --check
+
+manifests: $(STAMP) ## Regenerate the Kubernetes/Istio/skaffold files from mesh/workloads.yaml and mesh/policy.yaml
+	$(VENV)/bin/modalmesh mesh render
 
 protos: $(STAMP) ## Regenerate the Python stubs from protos/
 	$(PY) scripts/generate_protos.py

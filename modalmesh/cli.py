@@ -23,6 +23,8 @@ examples:
   modalmesh call text modalmesh.v1.TextService/Embed '{"texts": ["a cat", "a kitten"]}'
   modalmesh pki issue me --out ./certs   a certificate for grpcurl or tritonclient
   modalmesh down                         stop what `up --detach` started
+  modalmesh mesh render                  regenerate the Kubernetes/Istio/skaffold files after editing
+                                         mesh/workloads.yaml or mesh/policy.yaml
 
 The mesh's files (CA, certificates, logs, state) live in --home, by default .modalmesh/ at the
 repository root or $MODALMESH_HOME.
@@ -292,6 +294,35 @@ def _call_target(args: argparse.Namespace):
     return None, entry["grpc"], home.certificate(args.as_name)
 
 
+# -- mesh render ----------------------------------------------------------------------------------
+
+def cmd_mesh_render(args: argparse.Namespace) -> int:
+    from modalmesh.manifests import render, stale_files, write
+    from modalmesh.workloads import load_workloads
+    from services.runtime.policy import MeshPolicy
+    from services.runtime.settings import REPO_ROOT
+
+    root = Path(args.out) if args.out else REPO_ROOT
+    try:
+        files = render(load_workloads(args.workloads), MeshPolicy.load(args.policy))
+    except (OSError, ValueError) as e:
+        return _error(str(e))
+    if args.check:
+        stale = stale_files(files, root)
+        for path in stale:
+            print(f"stale: {path}", file=sys.stderr)
+        if stale:
+            return _error("generated files differ from mesh/workloads.yaml and mesh/policy.yaml; "
+                          "run `modalmesh mesh render`")
+        print(f"{len(files)} generated files are current")
+        return 0
+    changed = write(files, root)
+    for path in changed:
+        print(f"wrote {path}")
+    print(f"{len(changed)} of {len(files)} generated files changed")
+    return 0
+
+
 # -- argument parsing -----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,6 +396,22 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--as", dest="as_name", default="cli", metavar="NAME",
                       help="the identity to call as (default cli; its certificate is issued when missing)")
     call.set_defaults(handler=cmd_call)
+
+    mesh = commands.add_parser("mesh", help="files derived from mesh/workloads.yaml and mesh/policy.yaml")
+    mesh_commands = mesh.add_subparsers(dest="mesh_command", metavar="COMMAND", required=True)
+    render = mesh_commands.add_parser(
+        "render", help="regenerate the Kubernetes, Istio and skaffold files",
+        description="Write the per-workload Kubernetes objects (mesh/base/workloads/), the NetworkPolicies, "
+                    "the Istio AuthorizationPolicies, DestinationRules and VirtualServices "
+                    "(mesh/istio/generated/) and skaffold.yaml from the workload list and the policy. "
+                    "--check changes nothing and exits 1 when a committed file differs.")
+    render.add_argument("--check", action="store_true", help="only report stale files (exit 1 if any)")
+    render.add_argument("--workloads", default=str(DEFAULT_WORKLOADS_FILE), metavar="FILE",
+                        help="the list of workloads (default: mesh/workloads.yaml)")
+    render.add_argument("--policy", default=str(DEFAULT_WORKLOADS_FILE.parent / "policy.yaml"), metavar="FILE",
+                        help="the authorization policy (default: mesh/policy.yaml)")
+    render.add_argument("--out", metavar="DIR", help="write under DIR instead of the repository root")
+    render.set_defaults(handler=cmd_mesh_render)
     return parser
 
 

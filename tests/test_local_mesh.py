@@ -142,6 +142,82 @@ def test_metrics_count_requests_by_method_and_code_and_batch_sizes(mesh):
     assert sum(s.value for s in samples if s.name == "modalmesh_batch_size_count") >= 1
 
 
+def served_methods(channel) -> list:
+    """Every method the server offers, found by server reflection: (path, client_streaming, server_streaming)."""
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    database = ProtoReflectionDescriptorDatabase(channel)
+    pool = DescriptorPool(database)
+    methods = []
+    for name in database.get_services():
+        for m in pool.FindServiceByName(name).methods:
+            methods.append((f"/{name}/{m.name}", m.client_streaming, m.server_streaming))
+    return methods
+
+
+def call_status(channel, path: str, client_streaming: bool, server_streaming: bool):
+    """The status of a call with an empty request message: OK when the server answered at all."""
+    import grpc
+
+    kind = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
+            (True, False): channel.stream_unary, (True, True): channel.stream_stream}
+    stub = kind[(client_streaming, server_streaming)](path)
+    request = iter([b""]) if client_streaming else b""
+    try:
+        reply = stub(request, timeout=10)
+        if server_streaming:
+            next(reply, None)
+            reply.cancel()
+    except grpc.RpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
+def test_the_local_mesh_and_the_rendered_istio_policy_agree_on_every_pair(mesh):
+    """Each identity calls every served method of the running mesh; Istio's decision on the
+    rendered AuthorizationPolicies is the same for each (caller, method) pair."""
+    import grpc
+
+    from modalmesh.home import MeshHome
+    from modalmesh.manifests import principal
+    from modalmesh.workloads import load_workloads
+    from services.runtime.channels import secure_channel
+    from services.runtime.policy import MeshPolicy
+    from tests import istio_authz
+    from tests.kustomize import of_kind, render_overlay
+
+    policy = MeshPolicy.load(REPO_ROOT / "mesh" / "policy.yaml")
+    authz = of_kind(render_overlay("cpu"), "AuthorizationPolicy")
+    home = MeshHome(mesh.home)
+    text = mesh.text()
+    operator = home.certificate("cli")
+    with secure_channel(text["grpc"], operator.ca, operator.cert, operator.key) as channel:
+        methods = served_methods(channel)
+    assert len(methods) >= 15
+    callers = sorted({c for rules in policy.workloads.values() for r in rules for c in r.callers}
+                     | {"text", "intruder"})
+    kubernetes_port = next(w.grpc_port for w in load_workloads() if w.name == "text")
+    disagreements, statuses = [], {}
+    for caller in callers:
+        cert = home.certificate(caller)
+        with secure_channel(text["grpc"], cert.ca, cert.cert, cert.key) as channel:
+            for path, client_streaming, server_streaming in methods:
+                status = call_status(channel, path, client_streaming, server_streaming)
+                local = status != grpc.StatusCode.PERMISSION_DENIED
+                request = istio_authz.Request(policy.namespace, {"app.kubernetes.io/name": "text"},
+                                              principal(policy, caller), path, kubernetes_port)
+                istio = istio_authz.allowed(authz, request)
+                statuses[(caller, path)] = status
+                if local != istio:
+                    disagreements.append((caller, path, local, istio))
+    assert not disagreements
+    embed = "/modalmesh.v1.TextService/Embed"
+    assert statuses[("cli", embed)] == grpc.StatusCode.INVALID_ARGUMENT  # allowed: an empty batch is refused
+    assert statuses[("intruder", embed)] == statuses[("text", embed)] == grpc.StatusCode.PERMISSION_DENIED
+    assert statuses[("intruder", "/grpc.health.v1.Health/Check")] == grpc.StatusCode.OK  # any mesh identity
+
+
 def test_a_second_up_in_the_same_home_refuses(mesh):
     for detach in (["--detach"], []):
         result = modalmesh("up", *detach, "--random-ports", home=mesh.home)

@@ -118,11 +118,12 @@ def test_sigterm_during_load_lets_every_in_flight_request_finish(pki, tmp_path):
     time.sleep(0.3)
     try:
         health_seen.append(service.health())
+        health_seen.append(service.health("liveness"))  # draining, yet alive: Kubernetes must not restart it
     except grpc.RpcError as error:
         health_seen.append(error.code().name)
     client.join(90)
     assert service.process.wait(60) == 0, service.log()[-2000:]
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     assert len(outcomes) == 24 and not failures, failures[:3]
-    assert health_seen == ["NOT_SERVING"]
+    assert health_seen == ["NOT_SERVING", "SERVING"]
     assert re.search(r'"msg": "draining"', service.log()) and '"msg": "stopped"' in service.log()

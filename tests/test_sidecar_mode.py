@@ -49,6 +49,7 @@ def test_identity_outside_the_policy_is_denied(sidecar_service):
 
 def test_probes_need_no_identity_behind_the_sidecar(sidecar_service):
     assert sidecar_service.health() == "SERVING"
+    assert sidecar_service.health("liveness") == "SERVING"  # what the liveness probe asks
     with grpc.insecure_channel(sidecar_service.target) as channel:
         watch = channel.unary_stream("/grpc.health.v1.Health/Watch")
         with pytest.raises(grpc.RpcError) as error:

@@ -28,6 +28,8 @@ from services.runtime.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
+LIVENESS = "liveness"  # health name that is SERVING for as long as the process answers
+
 
 @dataclass
 class Service:
@@ -94,6 +96,9 @@ class ServiceServer:
             self.names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self.server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Kubernetes' liveness probe asks for this name: the process answers, whether or not its
+        # models are loaded yet or it is draining (readiness covers those).
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         self.port = self._bind()
         if settings.metrics_port >= 0:
             self.metrics_port = self.runtime.metrics.serve(settings.metrics_host, settings.metrics_port).server_port

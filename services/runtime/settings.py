@@ -13,6 +13,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # gRPC's default 4 MiB receive limit is set explicitly on both sides; larger inputs stream in chunks.
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
+
 
 class ServiceSettings(BaseSettings):
     """What every service process needs: identity, ports, TLS, batching, observability."""
@@ -42,6 +44,8 @@ class ServiceSettings(BaseSettings):
     model_instances: int = Field(1, ge=1, le=64, description="Batches that run at once, each on its own thread")
     model_threads: int = Field(0, ge=0, description="Intra-op threads per process; 0 = cores / model_instances")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    precision: Precision = Field("auto", description="Models' default precision: 'auto' (float32 on the CPU, bfloat16 "
+                                               "on a GPU that has it), 'float32', 'bfloat16' or 'float16'")
 
     drain_delay_s: float = Field(0.0, ge=0, description="On SIGTERM, report NOT_SERVING this long (still "
                                  "serving) so load balancers stop routing here before new calls are refused")

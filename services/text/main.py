@@ -7,7 +7,7 @@ from pydantic import Field
 from modalmesh.v1 import text_pb2_grpc
 from services.runtime.registry import ModelRegistry
 from services.runtime.server import Runtime, Service, run_service
-from services.runtime.settings import ServiceSettings
+from services.runtime.settings import Precision, ServiceSettings
 from services.text.embedding_model import PACKAGED_NAME, SentenceEmbedder
 from services.text.servicer import TextServicer
 
@@ -15,7 +15,7 @@ from services.text.servicer import TextServicer
 class TextSettings(ServiceSettings):
     workload: str = "text"
     embedding_model: str = Field(PACKAGED_NAME, description="Registered name, Hugging Face id or local path")
-    embedding_precision: str = Field("auto", description="'auto' (fp32 on CPU, bf16 on GPU), 'float32', ...")
+    embedding_precision: Precision | None = Field(None, description="Overrides MODALMESH_PRECISION for the encoder")
     embedding_max_tokens: int | None = Field(None, ge=8, description="Override the encoder's token window")
 
 
@@ -29,7 +29,8 @@ def model_registry() -> ModelRegistry:
 def build(runtime: Runtime) -> Service:
     settings: TextSettings = runtime.settings
     embedder = model_registry().create(settings.embedding_model, device=settings.device,
-                                       precision=settings.embedding_precision, threads=settings.model_threads,
+                                       precision=settings.embedding_precision or settings.precision,
+                                       threads=settings.model_threads,
                                        instances=settings.model_instances,
                                        max_tokens=settings.embedding_max_tokens)
     served = runtime.serve_model(_served_name(settings.embedding_model), embedder)
