@@ -257,9 +257,11 @@ def cmd_call(args: argparse.Namespace) -> int:
 
     from modalmesh.call import (CallError, describe_rpc_error, format_json, invoke, message_to_dict,
                                 parse_requests, resolve_method)
-    from services.runtime.channels import secure_channel
+    from services.runtime.channels import plaintext_channel, secure_channel
 
-    home_error, address, cert = _call_target(args)
+    if args.plaintext and ":" not in args.workload:
+        return _error("--plaintext needs HOST:PORT (a workload's address inside the cluster)", code=2)
+    home_error, address, cert = (None, args.workload, None) if args.plaintext else _call_target(args)
     if home_error:
         return _error(home_error)
     try:
@@ -267,7 +269,8 @@ def cmd_call(args: argparse.Namespace) -> int:
         requests = parse_requests(method, sys.stdin.read() if args.request == "-" else args.request)
     except CallError as e:
         return _error(str(e), code=2)
-    with secure_channel(address, cert.ca, cert.cert, cert.key) as channel:
+    with (plaintext_channel(address) if args.plaintext else
+          secure_channel(address, cert.ca, cert.cert, cert.key)) as channel:
         try:
             for reply in invoke(channel, method, requests, args.timeout):
                 print(format_json(message_to_dict(reply)), flush=True)
@@ -395,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--timeout", type=float, default=60.0, metavar="S", help="deadline in seconds (default 60)")
     call.add_argument("--as", dest="as_name", default="cli", metavar="NAME",
                       help="the identity to call as (default cli; its certificate is issued when missing)")
+    call.add_argument("--plaintext", action="store_true",
+                      help="no TLS: only from a pod whose Istio sidecar does the mutual TLS (the pod's service "
+                           "account is then the identity; docs/deploy.md)")
     call.set_defaults(handler=cmd_call)
 
     mesh = commands.add_parser("mesh", help="files derived from mesh/workloads.yaml and mesh/policy.yaml")

@@ -25,7 +25,10 @@ NAME_LABEL = "app.kubernetes.io/name"
 ACCELERATOR_LABEL = "modalmesh.dev/accelerator"
 RUN_AS = 10001  # the image's numeric non-root user
 ISTIO_NAMESPACE = "istio-system"
-INGRESS_GATEWAY_PRINCIPAL = f"cluster.local/ns/{ISTIO_NAMESPACE}/sa/istio-ingressgateway-service-account"
+# The ingress gateway's identity: istioctl names its account istio-ingressgateway-service-account,
+# Istio's `gateway` Helm chart after the release (istio-ingressgateway in docs/deploy.md).
+INGRESS_GATEWAY_PRINCIPALS = [f"cluster.local/ns/{ISTIO_NAMESPACE}/sa/istio-ingressgateway-service-account",
+                              f"cluster.local/ns/{ISTIO_NAMESPACE}/sa/istio-ingressgateway"]
 GATEWAY = f"{ISTIO_NAMESPACE}/modalmesh-gateway"
 # The sidecar's merged Prometheus endpoint (Istio rewrites the prometheus.io annotations to it).
 ISTIO_METRICS_PORT = 15020
@@ -302,7 +305,7 @@ def authorization_policies(workloads: list[Workload], policy: MeshPolicy) -> lis
             rules.append({"from": [{"source": {"principals": [principal(policy, c) for c in rule.callers]}}],
                           **({"to": _to_paths(rule.methods)} if _to_paths(rule.methods) else {})})
         if workload.http_port:
-            rules.append({"from": [{"source": {"principals": [INGRESS_GATEWAY_PRINCIPAL]}}],
+            rules.append({"from": [{"source": {"principals": INGRESS_GATEWAY_PRINCIPALS}}],
                           "to": [{"operation": {"ports": [str(workload.http_port)]}}]})
         docs.append({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
                      "metadata": metadata(workload.name, policy),

@@ -3,6 +3,10 @@ x-forwarded-client-cert header, the same policy enforced."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import grpc
 import pytest
 
@@ -55,3 +59,18 @@ def test_probes_need_no_identity_behind_the_sidecar(sidecar_service):
         with pytest.raises(grpc.RpcError) as error:
             next(iter(watch(b"", timeout=5)))
     assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED, "only the probe method is open"
+
+
+def test_modalmesh_call_plaintext_reaches_a_sidecar_mode_workload(sidecar_service):
+    """`modalmesh call --plaintext` is for a pod whose sidecar adds the identity: without one, the
+    probe answers and everything else is refused as unauthenticated."""
+    def call(method: str, request: str = "{}", target: str = sidecar_service.target):
+        return subprocess.run([sys.executable, "-m", "modalmesh.cli", "call", "--plaintext", target, method, request],
+                              capture_output=True, text=True, timeout=60)
+
+    health = call("grpc.health.v1.Health/Check")
+    assert health.returncode == 0 and json.loads(health.stdout)["status"] == "SERVING", health.stderr
+    embed = call("modalmesh.v1.TextService/Embed", '{"texts": ["hi"]}')
+    assert embed.returncode == 1 and "UNAUTHENTICATED" in embed.stderr
+    by_name = call("grpc.health.v1.Health/Check", target="text")
+    assert by_name.returncode == 2 and "--plaintext needs HOST:PORT" in by_name.stderr

@@ -29,3 +29,8 @@ def secure_channel(target: str, ca: Path, cert: Path, key: Path, *, aio: bool = 
     """A channel that presents ``cert`` (this workload's identity) and trusts only ``ca``."""
     factory = grpc.aio.secure_channel if aio else grpc.secure_channel
     return factory(target, client_credentials(ca, cert, key), options=channel_options(max_message_bytes))
+
+
+def plaintext_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
+    """A channel without TLS, for a client inside a pod whose Istio sidecar does the mutual TLS."""
+    return grpc.insecure_channel(target, options=channel_options(max_message_bytes))
