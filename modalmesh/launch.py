@@ -122,18 +122,23 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
 
-def launch(module: str, home: MeshHome, log_dir: Path, workload: str, **settings) -> ServiceProcess:
+def launch(module: str, home: MeshHome, log_dir: Path, workload: str, *, wrapper: list[str] | None = None,
+           environment: dict[str, str] | None = None, **settings) -> ServiceProcess:
     """Start ``python -m module`` on free ports; does not wait for it.
 
-    ``settings`` become MODALMESH_* variables (``max_queue_size=4`` → MODALMESH_MAX_QUEUE_SIZE=4).
+    ``settings`` become MODALMESH_* variables (``max_queue_size=4`` → MODALMESH_MAX_QUEUE_SIZE=4);
+    ``environment`` adds other variables; ``wrapper`` is a command that execs the service's command line
+    given as its last arguments (to run it in another namespace, say).
     """
     port, metrics_port = free_port(), free_port()
     spec = Workload(workload, module, port, metrics_port,
                     env={f"MODALMESH_{k.upper()}": str(v) for k, v in settings.items()})
     env = service_environment(spec, home.certificate(workload), POLICY_FILE)
     env.update(spec.env)   # a test may ask for sidecar mode, which the local mesh never does
+    env.update(environment or {})
     log_path = Path(log_dir) / f"{workload}-{port}.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent)
+        process = subprocess.Popen([*(wrapper or []), sys.executable, "-m", module], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
+                                   preexec_fn=die_with_parent)
     return ServiceProcess(process, port, metrics_port, home, log_path, sidecar=settings.get("tls_mode") == "sidecar")
