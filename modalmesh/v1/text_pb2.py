@@ -25,15 +25,19 @@ _sym_db = _symbol_database.Default()
 from modalmesh.v1 import common_pb2 as modalmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17modalmesh/v1/text.proto\x12\x0cmodalmesh.v1\x1a\x19modalmesh/v1/common.proto\"K\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12,\n\ntruncation\x18\x02 \x01(\x0e\x32\x18.modalmesh.v1.Truncation\"\x8a\x01\n\rEmbedResponse\x12(\n\nembeddings\x18\x01 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\x12\x14\n\x0ctoken_counts\x18\x02 \x03(\x05\x12\x11\n\ttruncated\x18\x03 \x03(\x08\x12&\n\x05model\x18\x04 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo\"{\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x1b\n\x13hypothesis_template\x18\x03 \x01(\t\x12,\n\ntruncation\x18\x04 \x01(\x0e\x32\x18.modalmesh.v1.Truncation\">\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\"\\\n\x0e\x43lassification\x12\r\n\x05label\x18\x01 \x01(\t\x12(\n\x06scores\x18\x02 \x03(\x0b\x32\x18.modalmesh.v1.LabelScore\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"i\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.modalmesh.v1.Classification\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo*Q\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x12\n\x0eTRUNCATION_END\x10\x01\x12\x13\n\x0fTRUNCATION_NONE\x10\x02\x32\x9a\x01\n\x0bTextService\x12@\n\x05\x45mbed\x12\x1a.modalmesh.v1.EmbedRequest\x1a\x1b.modalmesh.v1.EmbedResponse\x12I\n\x08\x43lassify\x12\x1d.modalmesh.v1.ClassifyRequest\x1a\x1e.modalmesh.v1.ClassifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17modalmesh/v1/text.proto\x12\x0cmodalmesh.v1\x1a\x19modalmesh/v1/common.proto\"K\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12,\n\ntruncation\x18\x02 \x01(\x0e\x32\x18.modalmesh.v1.Truncation\"\x8a\x01\n\rEmbedResponse\x12(\n\nembeddings\x18\x01 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\x12\x14\n\x0ctoken_counts\x18\x02 \x03(\x05\x12\x11\n\ttruncated\x18\x03 \x03(\x08\x12&\n\x05model\x18\x04 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo\"{\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x1b\n\x13hypothesis_template\x18\x03 \x01(\t\x12,\n\ntruncation\x18\x04 \x01(\x0e\x32\x18.modalmesh.v1.Truncation\">\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\"\\\n\x0e\x43lassification\x12\r\n\x05label\x18\x01 \x01(\t\x12(\n\x06scores\x18\x02 \x03(\x0b\x32\x18.modalmesh.v1.LabelScore\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"i\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.modalmesh.v1.Classification\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"3\n\x04\x43hat\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.modalmesh.v1.ChatMessage\";\n\rStopCondition\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x12\n\x08token_id\x18\x02 \x01(\rH\x00\x42\x06\n\x04kind\"\xf1\x01\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12)\n\x04stop\x18\x06 \x03(\x0b\x32\x1b.modalmesh.v1.StopConditionB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x11\n\x0f_max_new_tokensB\x07\n\x05_seed\"\x84\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\"\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x12.modalmesh.v1.ChatH\x00\x12\x32\n\x08sampling\x18\x03 \x01(\x0b\x32 .modalmesh.v1.SamplingParametersB\x07\n\x05input\">\n\nTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xd4\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.modalmesh.v1.FinishReason\x12\'\n\x05usage\x18\x05 \x01(\x0b\x32\x18.modalmesh.v1.TokenUsage\x12&\n\x05model\x18\x06 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo\"w\n\x10SummarizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12+\n\x06method\x18\x02 \x01(\x0e\x32\x1b.modalmesh.v1.SummaryMethod\x12\x15\n\rmax_sentences\x18\x03 \x01(\r\x12\x11\n\tmax_words\x18\x04 \x01(\r\"=\n\x0fSummarySentence\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\xd4\x01\n\x11SummarizeResponse\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12+\n\x06method\x18\x02 \x01(\x0e\x32\x1b.modalmesh.v1.SummaryMethod\x12\x30\n\tsentences\x18\x03 \x03(\x0b\x32\x1d.modalmesh.v1.SummarySentence\x12\x17\n\x0finput_sentences\x18\x04 \x01(\r\x12\x0e\n\x06\x63hunks\x18\x05 \x01(\r\x12&\n\x05model\x18\x06 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo*Q\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x12\n\x0eTRUNCATION_END\x10\x01\x12\x13\n\x0fTRUNCATION_NONE\x10\x02*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*n\n\rSummaryMethod\x12\x1e\n\x1aSUMMARY_METHOD_UNSPECIFIED\x10\x00\x12\x1d\n\x19SUMMARY_METHOD_EXTRACTIVE\x10\x01\x12\x1e\n\x1aSUMMARY_METHOD_ABSTRACTIVE\x10\x02\x32\xb5\x02\n\x0bTextService\x12@\n\x05\x45mbed\x12\x1a.modalmesh.v1.EmbedRequest\x1a\x1b.modalmesh.v1.EmbedResponse\x12I\n\x08\x43lassify\x12\x1d.modalmesh.v1.ClassifyRequest\x1a\x1e.modalmesh.v1.ClassifyResponse\x12K\n\x08Generate\x12\x1d.modalmesh.v1.GenerateRequest\x1a\x1e.modalmesh.v1.GenerateResponse0\x01\x12L\n\tSummarize\x12\x1e.modalmesh.v1.SummarizeRequest\x1a\x1f.modalmesh.v1.SummarizeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modalmesh.v1.text_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRUNCATION']._serialized_start=676
-  _globals['_TRUNCATION']._serialized_end=757
+  _globals['_TRUNCATION']._serialized_start=1893
+  _globals['_TRUNCATION']._serialized_end=1974
+  _globals['_FINISHREASON']._serialized_start=1976
+  _globals['_FINISHREASON']._serialized_end=2071
+  _globals['_SUMMARYMETHOD']._serialized_start=2073
+  _globals['_SUMMARYMETHOD']._serialized_end=2183
   _globals['_EMBEDREQUEST']._serialized_start=68
   _globals['_EMBEDREQUEST']._serialized_end=143
   _globals['_EMBEDRESPONSE']._serialized_start=146
@@ -46,6 +50,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSIFICATION']._serialized_end=567
   _globals['_CLASSIFYRESPONSE']._serialized_start=569
   _globals['_CLASSIFYRESPONSE']._serialized_end=674
-  _globals['_TEXTSERVICE']._serialized_start=760
-  _globals['_TEXTSERVICE']._serialized_end=914
+  _globals['_CHATMESSAGE']._serialized_start=676
+  _globals['_CHATMESSAGE']._serialized_end=720
+  _globals['_CHAT']._serialized_start=722
+  _globals['_CHAT']._serialized_end=773
+  _globals['_STOPCONDITION']._serialized_start=775
+  _globals['_STOPCONDITION']._serialized_end=834
+  _globals['_SAMPLINGPARAMETERS']._serialized_start=837
+  _globals['_SAMPLINGPARAMETERS']._serialized_end=1078
+  _globals['_GENERATEREQUEST']._serialized_start=1081
+  _globals['_GENERATEREQUEST']._serialized_end=1213
+  _globals['_TOKENUSAGE']._serialized_start=1215
+  _globals['_TOKENUSAGE']._serialized_end=1277
+  _globals['_GENERATERESPONSE']._serialized_start=1280
+  _globals['_GENERATERESPONSE']._serialized_end=1492
+  _globals['_SUMMARIZEREQUEST']._serialized_start=1494
+  _globals['_SUMMARIZEREQUEST']._serialized_end=1613
+  _globals['_SUMMARYSENTENCE']._serialized_start=1615
+  _globals['_SUMMARYSENTENCE']._serialized_end=1676
+  _globals['_SUMMARIZERESPONSE']._serialized_start=1679
+  _globals['_SUMMARIZERESPONSE']._serialized_end=1891
+  _globals['_TEXTSERVICE']._serialized_start=2186
+  _globals['_TEXTSERVICE']._serialized_end=2495
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class TextServiceStub:
-    """Text inference: sentence embeddings and zero-shot classification.
+    """Text inference: sentence embeddings, zero-shot classification, generation and summaries.
     """
 
     def __init__(self, channel):
@@ -45,10 +45,20 @@ class TextServiceStub:
                 request_serializer=modalmesh_dot_v1_dot_text__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=modalmesh_dot_v1_dot_text__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
+        self.Generate = channel.unary_stream(
+                '/modalmesh.v1.TextService/Generate',
+                request_serializer=modalmesh_dot_v1_dot_text__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=modalmesh_dot_v1_dot_text__pb2.GenerateResponse.FromString,
+                _registered_method=True)
+        self.Summarize = channel.unary_unary(
+                '/modalmesh.v1.TextService/Summarize',
+                request_serializer=modalmesh_dot_v1_dot_text__pb2.SummarizeRequest.SerializeToString,
+                response_deserializer=modalmesh_dot_v1_dot_text__pb2.SummarizeResponse.FromString,
+                _registered_method=True)
 
 
 class TextServiceServicer:
-    """Text inference: sentence embeddings and zero-shot classification.
+    """Text inference: sentence embeddings, zero-shot classification, generation and summaries.
     """
 
     def Embed(self, request, context):
@@ -61,6 +71,23 @@ class TextServiceServicer:
 
     def Classify(self, request, context):
         """Scores each text against candidate labels by embedding similarity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Generate(self, request, context):
+        """Streams the continuation of a prompt or chat, token by token. Concurrent
+        streams share the model's decode steps (continuous batching). Cancelling the
+        call, or its deadline passing, stops the generation and frees its slot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Summarize(self, request, context):
+        """Summarises a text: extractive (ranked sentences, by default) or abstractive
+        (written by the configured generation model).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +106,16 @@ def add_TextServiceServicer_to_server(servicer, server):
                     request_deserializer=modalmesh_dot_v1_dot_text__pb2.ClassifyRequest.FromString,
                     response_serializer=modalmesh_dot_v1_dot_text__pb2.ClassifyResponse.SerializeToString,
             ),
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=modalmesh_dot_v1_dot_text__pb2.GenerateRequest.FromString,
+                    response_serializer=modalmesh_dot_v1_dot_text__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Summarize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Summarize,
+                    request_deserializer=modalmesh_dot_v1_dot_text__pb2.SummarizeRequest.FromString,
+                    response_serializer=modalmesh_dot_v1_dot_text__pb2.SummarizeResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'modalmesh.v1.TextService', rpc_method_handlers)
@@ -88,7 +125,7 @@ def add_TextServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TextService:
-    """Text inference: sentence embeddings and zero-shot classification.
+    """Text inference: sentence embeddings, zero-shot classification, generation and summaries.
     """
 
     @staticmethod
@@ -135,6 +172,60 @@ class TextService:
             '/modalmesh.v1.TextService/Classify',
             modalmesh_dot_v1_dot_text__pb2.ClassifyRequest.SerializeToString,
             modalmesh_dot_v1_dot_text__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/modalmesh.v1.TextService/Generate',
+            modalmesh_dot_v1_dot_text__pb2.GenerateRequest.SerializeToString,
+            modalmesh_dot_v1_dot_text__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Summarize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modalmesh.v1.TextService/Summarize',
+            modalmesh_dot_v1_dot_text__pb2.SummarizeRequest.SerializeToString,
+            modalmesh_dot_v1_dot_text__pb2.SummarizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
