@@ -38,6 +38,7 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    optional: bool = False  # a request may leave it out
 
 
 class ModelAdapter(ABC):

@@ -26,6 +26,21 @@ class Metrics:
                                     ["model"], buckets=_LATENCY_BUCKETS, **labels)
         self.rejected = Counter("modalmesh_batcher_rejected", "Requests that never reached the model, by reason",
                                 ["model", "reason"], **labels)
+        # Generation (token streams): continuous batching across streams.
+        self.active_sequences = Gauge("modalmesh_generation_active_sequences",
+                                      "Sequences in the running decode batch", ["model"], **labels)
+        self.waiting_sequences = Gauge("modalmesh_generation_waiting_sequences",
+                                       "Generation requests waiting to join the batch", ["model"], **labels)
+        self.generated_tokens = Counter("modalmesh_generated_tokens", "Tokens generated, all streams together",
+                                        ["model"], **labels)
+        self.decode_batch = Histogram("modalmesh_generation_decode_batch_size", "Sequences per decode step",
+                                      ["model"], buckets=_BATCH_BUCKETS, **labels)
+        self.time_to_first_token = Histogram("modalmesh_generation_time_to_first_token_seconds",
+                                             "From request to its first token", ["model"],
+                                             buckets=_LATENCY_BUCKETS, **labels)
+        self.finished_sequences = Counter("modalmesh_generation_finished",
+                                          "Generations ended, by reason (stop, length, cancelled, error)",
+                                          ["model", "reason"], **labels)
         self.info = Gauge("modalmesh_service_info", "Constant 1, labelled with the workload", ["workload"], **labels)
         self.info.labels(workload).set(1)
 

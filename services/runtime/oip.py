@@ -3,6 +3,10 @@
 Every service exposes its models here as tensors, so tritonclient, perf_analyzer and
 KServe clients work against any modalmesh service. Requests go through the same
 batcher as the typed API, so both kinds of caller share batches.
+
+A decoupled model (a token generator) answers one request with many responses: on
+ModelStreamInfer each carries the next piece of output and the parameter
+``triton_final_response``, true on the last, as Triton's decoupled models do.
 """
 
 from __future__ import annotations
@@ -54,11 +58,11 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):
         model = self._model(request.name, request.version)
-        batch = [-1] if model.batcher.config.max_batch_size else []
+        batch = [-1] if model.max_batch_size else []
         return oip.ModelMetadataResponse(
             name=model.name, versions=[model.version], platform="modalmesh",
-            inputs=[_metadata(spec, batch) for spec in model.adapter.inputs],
-            outputs=[_metadata(spec, batch) for spec in model.adapter.outputs],
+            inputs=[_metadata(spec, batch) for spec in model.inputs],
+            outputs=[_metadata(spec, batch) for spec in model.outputs],
         )
 
     async def ModelConfig(self, request, context):
@@ -78,6 +82,9 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     # -- inference ---------------------------------------------------------------------------
 
     async def ModelInfer(self, request, context):
+        model = self._model(request.model_name, request.model_version)
+        if model.decoupled:
+            return await self._infer_whole(model, request, context)
         return await self._infer(request, context)
 
     async def ModelStreamInfer(self, request_iterator, context):
@@ -87,7 +94,13 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request):
             try:
-                await responses.put(oip.ModelStreamInferResponse(infer_response=await self._infer(request, context)))
+                model = self._model(request.model_name, request.model_version)
+                if model.decoupled:
+                    async for response in self._stream(model, request, context):
+                        await responses.put(oip.ModelStreamInferResponse(infer_response=response))
+                else:
+                    await responses.put(oip.ModelStreamInferResponse(
+                        infer_response=await self._infer(request, context)))
             except ServiceError as error:
                 await responses.put(oip.ModelStreamInferResponse(error_message=f"{error.code.name}: {error.message}"))
             except Exception:   # one failed request must not end the others on this stream
@@ -121,12 +134,48 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         results = await model.infer(rows, context)
         outputs = model.adapter.tensors_from_results(results)
         response = oip.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
-        for spec in model.adapter.outputs:
-            if spec.name in requested:
-                tensor, raw = encode_output(spec.name, np.asarray(outputs[spec.name]), spec.datatype)
-                response.outputs.append(tensor)
-                response.raw_output_contents.append(raw)
+        _add_outputs(response, model, outputs, requested)
         return response
+
+    def _deltas(self, model, request: oip.ModelInferRequest, context):
+        """A decoupled model's stream of deltas for this request, and the outputs asked for."""
+        if not model.ready:
+            raise Unavailable(f"model {model.name} is {model.state.lower()}")
+        arrays = _decode_inputs(request, model)
+        requested = _requested_outputs(request, model)
+        prompt_ids, params = model.request_from_tensors(arrays)
+        return model.stream(prompt_ids, params, context), requested
+
+    async def _infer_whole(self, model, request: oip.ModelInferRequest, context) -> oip.ModelInferResponse:
+        """ModelInfer on a decoupled model: the whole stream's text in one response."""
+        deltas, requested = self._deltas(model, request, context)
+        text, last = "", None
+        async for last in deltas:
+            text += last.text
+        response = oip.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        _add_outputs(response, model, {"text_output": np.array([text.encode()], dtype=object)}, requested)
+        _add_finish(response, last)
+        return response
+
+    async def _stream(self, model, request: oip.ModelInferRequest, context):
+        """The responses of a decoupled model: one per text delta, the last flagged final."""
+        deltas, requested = self._deltas(model, request, context)
+        empty_final = request.parameters["enable_empty_final_response"].bool_param
+        async for delta in deltas:
+            last = delta.finish_reason is not None
+            response = oip.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+            if delta.text or not (last and empty_final):
+                _add_outputs(response, model, {"text_output": np.array([delta.text.encode()], dtype=object)},
+                             requested)
+            if last:
+                _add_finish(response, delta)
+            if last and empty_final and response.outputs:   # the data, then an empty response that ends it
+                response.parameters["triton_final_response"].bool_param = False
+                yield response
+                response = oip.ModelInferResponse(model_name=model.name, model_version=model.version,
+                                                  id=request.id)
+            response.parameters["triton_final_response"].bool_param = last
+            yield response
 
     def _model(self, name: str, version: str = "") -> ServedModel:
         model = self.models.get(name)
@@ -137,20 +186,38 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         return model
 
 
+def _add_outputs(response: oip.ModelInferResponse, model, outputs: dict, requested: set[str]) -> None:
+    for spec in model.outputs:
+        if spec.name in requested:
+            tensor, raw = encode_output(spec.name, np.asarray(outputs[spec.name]), spec.datatype)
+            response.outputs.append(tensor)
+            response.raw_output_contents.append(raw)
+
+
+def _add_finish(response: oip.ModelInferResponse, delta) -> None:
+    """Why the generation ended and what it used, as response parameters."""
+    response.parameters["finish_reason"].string_param = delta.finish_reason
+    response.parameters["completion_tokens"].int64_param = delta.completion_tokens
+    response.parameters["prompt_tokens"].int64_param = delta.prompt_tokens
+
+
 def _metadata(spec: TensorSpec, batch: list[int]) -> oip.ModelMetadataResponse.TensorMetadata:
     return oip.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype,
                                                     shape=batch + list(spec.shape))
 
 
-def _decode_inputs(request: oip.ModelInferRequest, model: ServedModel) -> dict[str, np.ndarray]:
-    specs = {spec.name: spec for spec in model.adapter.inputs}
+def _decode_inputs(request: oip.ModelInferRequest, model) -> dict[str, np.ndarray]:
+    specs = {spec.name: spec for spec in model.inputs}
     names = [t.name for t in request.inputs]
     unknown = [n for n in names if n not in specs]
     if unknown:
         raise InvalidArgument(("inputs", f"unknown input {unknown[0]!r}; model {model.name} takes {sorted(specs)}"))
-    missing = sorted(set(specs) - set(names))
+    required = sorted(name for name, spec in specs.items() if not spec.optional)
+    missing = sorted(set(required) - set(names))
     if missing or len(set(names)) != len(names):
-        raise InvalidArgument(("inputs", f"model {model.name} needs each of {sorted(specs)} exactly once"))
+        raise InvalidArgument(("inputs", f"model {model.name} needs each of {required} exactly once"
+                                         + (f" (and may take {sorted(set(specs) - set(required))})"
+                                            if len(required) < len(specs) else "")))
     if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
         raise InvalidArgument(("raw_input_contents", f"{len(request.raw_input_contents)} entries for "
                                                      f"{len(request.inputs)} inputs"))
@@ -161,15 +228,22 @@ def _decode_inputs(request: oip.ModelInferRequest, model: ServedModel) -> dict[s
         if tensor.datatype != spec.datatype:
             raise InvalidArgument((f"{field}.datatype", f"input {spec.name} is {spec.datatype}, "
                                                         f"not {tensor.datatype or 'unset'}"))
-        _check_shape(field, list(tensor.shape), spec, model.batcher.config.max_batch_size)
+        _check_shape(field, list(tensor.shape), spec, model.max_batch_size)
         raw = request.raw_input_contents[i] if request.raw_input_contents else None
         arrays[tensor.name] = decode_input(tensor, raw, field)
     return arrays
 
 
 def _check_shape(field: str, shape: list[int], spec: TensorSpec, max_batch: int) -> None:
-    """[batch, *spec.shape], -1 matching any size; [batch] alone is accepted for a spec of shape [1]."""
+    """[batch, *spec.shape], -1 matching any size; [batch] alone is accepted for a spec of shape [1].
+
+    A model without a batch dimension (max_batch 0) takes spec.shape itself, or [1, *spec.shape].
+    """
     expected = list(spec.shape)
+    if max_batch == 0:
+        if shape in (expected, [1, *expected]) and -1 not in expected:
+            return
+        raise InvalidArgument((f"{field}.shape", f"shape {shape} does not match {expected} of input {spec.name}"))
     body = shape[1:]
     if expected == [1] and len(shape) == 1:
         body = [1]
@@ -181,8 +255,8 @@ def _check_shape(field: str, shape: list[int], spec: TensorSpec, max_batch: int)
         raise InvalidArgument((f"{field}.shape", f"batch of {shape[0]} outside 1..{max_batch} (max_batch_size)"))
 
 
-def _requested_outputs(request: oip.ModelInferRequest, model: ServedModel) -> set[str]:
-    known = {spec.name for spec in model.adapter.outputs}
+def _requested_outputs(request: oip.ModelInferRequest, model) -> set[str]:
+    known = {spec.name for spec in model.outputs}
     asked = {o.name for o in request.outputs}
     if asked - known:
         raise InvalidArgument(("outputs", f"unknown output {sorted(asked - known)[0]!r}; "
@@ -190,7 +264,9 @@ def _requested_outputs(request: oip.ModelInferRequest, model: ServedModel) -> se
     return asked or known
 
 
-def _config_of(model: ServedModel) -> mc.ModelConfig:
+def _config_of(model) -> mc.ModelConfig:
+    if model.decoupled:
+        return _decoupled_config_of(model)
     batching = model.batcher.config
     description = model.description if model.ready else None
     on_gpu = bool(description and description.device.startswith("cuda"))
@@ -208,13 +284,40 @@ def _config_of(model: ServedModel) -> mc.ModelConfig:
             max_queue_delay_microseconds=int(batching.max_queue_delay_s * 1e6),
             default_queue_policy=mc.ModelQueuePolicy(max_queue_size=batching.max_queue_size),
         ))
-    if description:
-        for key in ("version", "provenance", "device", "dtype"):
-            config.parameters[key].string_value = getattr(description, key)
+    _describe_in(config, description)
     return config
 
 
-def _statistics_of(model: ServedModel) -> oip.ModelStatistics:
+def _decoupled_config_of(model) -> mc.ModelConfig:
+    """A token generator: no batch dimension on the wire (it batches inside), many responses per request."""
+    description = model.description if model.ready else None
+    on_gpu = bool(description and description.device.startswith("cuda"))
+    config = mc.ModelConfig(
+        name=model.name, platform="modalmesh", backend="pytorch", max_batch_size=0,
+        input=[mc.ModelInput(name=s.name, data_type=config_datatype(s.datatype), dims=list(s.shape),
+                             optional=s.optional) for s in model.inputs],
+        output=[mc.ModelOutput(name=s.name, data_type=config_datatype(s.datatype), dims=list(s.shape))
+                for s in model.outputs],
+        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu
+                                              else mc.ModelInstanceGroup.KIND_CPU)],
+        model_transaction_policy=mc.ModelTransactionPolicy(decoupled=True),
+    )
+    config.parameters["max_active_sequences"].string_value = str(model.limits.max_active)
+    _describe_in(config, description)
+    return config
+
+
+def _describe_in(config: mc.ModelConfig, description) -> None:
+    if description:
+        for key in ("version", "provenance", "device", "dtype"):
+            config.parameters[key].string_value = getattr(description, key)
+
+
+def _statistics_of(model) -> oip.ModelStatistics:
+    if model.decoupled:
+        stats = model.engine.stats
+        return oip.ModelStatistics(name=model.name, version=model.version, inference_count=model.requests,
+                                   execution_count=stats.steps + stats.prompts)
     stats = model.batcher.stats
 
     def duration(d) -> oip.StatisticDuration:

@@ -33,6 +33,21 @@ class ServedModel:
     def ready(self) -> bool:
         return self.state == "READY"
 
+    # The Open Inference Protocol's view of the model: its tensors, batched along a first dimension.
+    decoupled = False  # one response per request
+
+    @property
+    def inputs(self):
+        return self.adapter.inputs
+
+    @property
+    def outputs(self):
+        return self.adapter.outputs
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.batcher.config.max_batch_size
+
     @property
     def description(self) -> ModelDescription:
         if self._description is None:

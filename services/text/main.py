@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from modalmesh.v1 import text_pb2_grpc
@@ -9,6 +11,8 @@ from services.runtime.registry import ModelRegistry
 from services.runtime.server import Runtime, Service, run_service
 from services.runtime.settings import Precision, ServiceSettings
 from services.text.embedding_model import PACKAGED_NAME, SentenceEmbedder
+from services.text.generator import GeneratedSummaries, GenerationLimits, ServedGenerator
+from services.text.language_model import STORYTELLER, CausalLanguageModel
 from services.text.servicer import TextServicer
 
 
@@ -17,6 +21,17 @@ class TextSettings(ServiceSettings):
     embedding_model: str = Field(PACKAGED_NAME, description="Registered name, Hugging Face id or local path")
     embedding_precision: Precision | None = Field(None, description="Overrides MODALMESH_PRECISION for the encoder")
     embedding_max_tokens: int | None = Field(None, ge=8, description="Override the encoder's token window")
+    generation_model: str = Field(STORYTELLER, description="'storyteller' (trained by the project), a Hugging Face "
+                                                           "id in the local cache or a local path; '' serves none")
+    generation_precision: Precision | None = Field(None, description="Overrides MODALMESH_PRECISION for generation")
+    generation_max_active: int = Field(32, ge=1, le=512, description="Sequences decoded together (the batch)")
+    generation_max_waiting: int = Field(256, ge=0, description="Queued generations past which RESOURCE_EXHAUSTED")
+    generation_batching: Literal["continuous", "static"] = Field(
+        "continuous", description="continuous: requests join and leave the batch between decode steps")
+    summary_writer: Literal["none", "generation"] = Field(
+        "none", description="generation: abstractive summaries by the generation model (use an instruct model)")
+    generation_default_max_new_tokens: int = Field(256, ge=1)
+    generation_max_new_tokens: int = Field(1024, ge=1)
 
 
 def model_registry() -> ModelRegistry:
@@ -34,9 +49,25 @@ def build(runtime: Runtime) -> Service:
                                        instances=settings.model_instances,
                                        max_tokens=settings.embedding_max_tokens)
     served = runtime.serve_model(_served_name(settings.embedding_model), embedder)
-    return Service(models=[served], servicers=[
-        (text_pb2_grpc.add_TextServiceServicer_to_server, TextServicer(served), "modalmesh.v1.TextService"),
+    generator = _generator(settings, runtime)
+    writer = GeneratedSummaries(generator) if generator and settings.summary_writer == "generation" else None
+    servicer = TextServicer(served, generator=generator, summary_writer=writer)
+    return Service(models=[served] + ([generator] if generator else []), servicers=[
+        (text_pb2_grpc.add_TextServiceServicer_to_server, servicer, "modalmesh.v1.TextService"),
     ])
+
+
+def _generator(settings: TextSettings, runtime: Runtime) -> ServedGenerator | None:
+    if not settings.generation_model:
+        return None
+    lm = CausalLanguageModel(settings.generation_model, device=settings.device,
+                             precision=settings.generation_precision or settings.precision,
+                             threads=settings.model_threads)
+    limits = GenerationLimits(max_active=settings.generation_max_active, max_waiting=settings.generation_max_waiting,
+                              default_max_new_tokens=settings.generation_default_max_new_tokens,
+                              max_new_tokens=settings.generation_max_new_tokens,
+                              continuous=settings.generation_batching == "continuous")
+    return ServedGenerator(_served_name(settings.generation_model), lm, limits, runtime.metrics)
 
 
 def _served_name(spec: str) -> str:

@@ -7,19 +7,26 @@ import collections
 import numpy as np
 
 from modalmesh.v1 import common_pb2, text_pb2, text_pb2_grpc
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.served_model import ServedModel
 from services.text.embedding_model import SentenceEmbedder, check_texts
+from services.text.generator import ServedGenerator
+from services.text.summarizer import Summarizer, SummaryWriter
 
 DEFAULT_HYPOTHESIS = "This text is about {}."
 CLASSIFY_TEMPERATURE = 0.05   # cosine similarities span a narrow range; sharpen before softmax
 MAX_LABELS = 64
 MAX_LABEL_CHARS = 200
+FINISH_REASONS = {"stop": text_pb2.FINISH_REASON_STOP, "length": text_pb2.FINISH_REASON_LENGTH}
 
 
 class TextServicer(text_pb2_grpc.TextServiceServicer):
-    def __init__(self, embedder: ServedModel, label_cache_size: int = 4096):
+    def __init__(self, embedder: ServedModel, label_cache_size: int = 4096, generator: ServedGenerator | None = None,
+                 summary_writer: SummaryWriter | None = None):
         self.embedder = embedder
+        self.generator = generator
+        # Extractive summaries on the same served encoder (its batcher); abstractive ones by summary_writer.
+        self.summarizer = Summarizer(embedder, writer=summary_writer)
         self._label_vectors: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
         self._label_cache_size = label_cache_size
 
@@ -50,6 +57,41 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
             results=[_classification(request.labels, similarity[i], scores[i], rows[i].truncated)
                      for i in range(len(rows))],
             model=self.embedder.model_info,
+        )
+
+    async def Generate(self, request: text_pb2.GenerateRequest, context):
+        generator = self._generator()
+        prompt_ids = generator.prompt_ids(request)
+        params = generator.sampling(request.sampling)
+        first = True
+        async for delta in generator.stream(prompt_ids, params, context):
+            response = text_pb2.GenerateResponse(text=delta.text, token_count=delta.token_count,
+                                                 completion_tokens=delta.completion_tokens)
+            if first:
+                response.model.CopyFrom(generator.model_info)
+                first = False
+            if delta.finish_reason:
+                response.finish_reason = FINISH_REASONS[delta.finish_reason]
+                response.usage.CopyFrom(text_pb2.TokenUsage(prompt_tokens=delta.prompt_tokens,
+                                                            completion_tokens=delta.completion_tokens))
+            yield response
+
+    def _generator(self) -> ServedGenerator:
+        if self.generator is None:
+            raise FailedPrecondition("this text service serves no generation model (MODALMESH_GENERATION_MODEL)")
+        return self.generator
+
+    async def Summarize(self, request: text_pb2.SummarizeRequest, context) -> text_pb2.SummarizeResponse:
+        summary = await self.summarizer.summarize(request.text, method=request.method,
+                                                  max_sentences=request.max_sentences, max_words=request.max_words,
+                                                  context=context)
+        return text_pb2.SummarizeResponse(
+            summary=summary.text,
+            method=summary.method,
+            sentences=[text_pb2.SummarySentence(index=s.index, text=s.text, score=s.score) for s in summary.sentences],
+            input_sentences=summary.input_sentences,
+            chunks=summary.chunks,
+            model=summary.model,
         )
 
     def _prepare(self, texts, truncation) -> list:

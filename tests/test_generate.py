@@ -1,0 +1,324 @@
+"""TextService.Generate over mutual TLS: token streams from a real Hugging Face causal LM.
+
+The model is built and saved by the tests (tests/tiny_lm.py) and placed in a Hugging Face cache
+folder, so the service loads it by id through `from_pretrained(..., local_files_only=True)`, the
+path a user's model id takes (in Kubernetes, from the model-cache volume). Outputs are checked
+against the same model's own `generate()` in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+
+import grpc
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from modalmesh.v1 import text_pb2, text_pb2_grpc
+from services.runtime.errors import bad_request_of
+from tests.support import ROOT, start_service
+from tests.tiny_lm import build_tiny_llama
+
+pytestmark = pytest.mark.slow
+MODEL_ID = "modalmesh-tests/tiny-llama"
+SERVED_NAME = "tiny-llama"
+TRITON_PYTHON = ROOT / ".venv-tritonclient" / "bin" / "python"
+PROMPTS = [f"Robot {i} walked to the harbour" + " and counted ships" * (i % 4) for i in range(32)]
+
+
+def install_in_hub_cache(model_dir, hf_home, repo_id: str):
+    """Lay the model out as the Hugging Face hub cache does (what `hf download` leaves behind)."""
+    revision = "0" * 40
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", context=2048)
+
+
+@pytest.fixture(scope="module")
+def generation(pki, tmp_path_factory, model_dir):
+    hf_home = tmp_path_factory.mktemp("hf-home")
+    install_in_hub_cache(model_dir, hf_home, MODEL_ID)
+    service = start_service("services.text", pki, tmp_path_factory.mktemp("generate"), "text",
+                            generation_model=MODEL_ID, generation_max_new_tokens=4096,
+                            environment={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    yield service
+    assert service.stop() == 0, service.log_tail()
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir):
+    """The same model in this process: what greedy decoding must produce."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+    def greedy_ids(ids: list[int], max_new_tokens: int) -> list[int]:
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False)
+        return out[0, len(ids):].tolist()
+
+    def greedy(ids: list[int], max_new_tokens: int) -> str:
+        return tokenizer.decode(greedy_ids(ids, max_new_tokens), skip_special_tokens=True)
+
+    greedy.ids = greedy_ids
+    return tokenizer, greedy
+
+
+def greedy(max_new_tokens: int, **extra) -> text_pb2.SamplingParameters:
+    return text_pb2.SamplingParameters(temperature=0, max_new_tokens=max_new_tokens, **extra)
+
+
+def generate(service, request: text_pb2.GenerateRequest, timeout: float = 60) -> list[text_pb2.GenerateResponse]:
+    with service.channel() as channel:
+        return list(text_pb2_grpc.TextServiceStub(channel).Generate(request, timeout=timeout))
+
+
+def joined(replies) -> str:
+    return "".join(r.text for r in replies)
+
+
+def metric(service, name: str, **labels) -> float:
+    for line in service.metrics().splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# -- streaming ------------------------------------------------------------------------------------
+
+def test_tokens_stream_and_match_the_models_own_greedy_generate(generation, reference):
+    tokenizer, expected = reference
+    replies = generate(generation, text_pb2.GenerateRequest(prompt=PROMPTS[1], sampling=greedy(24)))
+    assert len(replies) > 3, "tokens arrive as a stream, not one message"
+    first, last = replies[0], replies[-1]
+    assert first.model.name == SERVED_NAME and "Hugging Face" in first.model.provenance
+    assert all(not r.HasField("model") for r in replies[1:])
+    assert last.finish_reason in (text_pb2.FINISH_REASON_LENGTH, text_pb2.FINISH_REASON_STOP)
+    assert all(r.finish_reason == text_pb2.FINISH_REASON_UNSPECIFIED for r in replies[:-1])
+    prompt_ids = tokenizer(PROMPTS[1])["input_ids"]
+    assert last.usage.prompt_tokens == len(prompt_ids)
+    assert last.usage.completion_tokens == last.completion_tokens == sum(r.token_count for r in replies)
+    assert joined(replies) == expected(prompt_ids, 24)
+
+
+def test_chat_is_rendered_with_the_tokenizers_template(generation, reference):
+    tokenizer, expected = reference
+    chat = [text_pb2.ChatMessage(role="system", content="Be brief."),
+            text_pb2.ChatMessage(role="user", content="Tell me about the harbour.")]
+    replies = generate(generation, text_pb2.GenerateRequest(chat=text_pb2.Chat(messages=chat), sampling=greedy(16)))
+    rendered = tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in chat],
+                                             add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert replies[-1].usage.prompt_tokens == len(ids)
+    assert joined(replies) == expected(ids, 16)
+
+
+def test_thirty_two_concurrent_streams_match_each_request_alone(generation):
+    requests = [text_pb2.GenerateRequest(prompt=p, sampling=greedy(20 + i % 7)) for i, p in enumerate(PROMPTS)]
+    alone = [joined(generate(generation, r)) for r in requests]
+    batches_before = metric(generation, "modalmesh_generation_decode_batch_size_count", model=SERVED_NAME)
+    rows_before = metric(generation, "modalmesh_generation_decode_batch_size_sum", model=SERVED_NAME)
+
+    async def all_at_once():
+        async with generation.aio_channel() as channel:
+            stub = text_pb2_grpc.TextServiceStub(channel)
+
+            async def one(request):
+                return joined([r async for r in stub.Generate(request, timeout=120)])
+
+            return await asyncio.gather(*(one(r) for r in requests))
+
+    together = asyncio.run(all_at_once())
+    assert together == alone
+    steps = metric(generation, "modalmesh_generation_decode_batch_size_count", model=SERVED_NAME) - batches_before
+    rows = metric(generation, "modalmesh_generation_decode_batch_size_sum", model=SERVED_NAME) - rows_before
+    assert rows / steps > 4, f"streams were not decoded together: {rows / steps:.1f} sequences per step"
+
+
+def test_stop_text_ends_the_output_before_it(generation):
+    full = joined(generate(generation, text_pb2.GenerateRequest(prompt=PROMPTS[2], sampling=greedy(40))))
+    stop = full[12:15]
+    assert len(stop) == 3 and full.index(stop) == 12, "pick a stop text whose first occurrence is known"
+    replies = generate(generation, text_pb2.GenerateRequest(
+        prompt=PROMPTS[2], sampling=greedy(40, stop=[text_pb2.StopCondition(text=stop)])))
+    assert joined(replies) == full[:12]
+    assert replies[-1].finish_reason == text_pb2.FINISH_REASON_STOP
+
+
+def test_stop_token_ends_the_output(generation, reference):
+    tokenizer, expected = reference
+    generated = expected.ids(tokenizer(PROMPTS[3])["input_ids"], 30)
+    stop_id = generated[5]
+    replies = generate(generation, text_pb2.GenerateRequest(
+        prompt=PROMPTS[3], sampling=greedy(30, stop=[text_pb2.StopCondition(token_id=stop_id)])))
+    assert replies[-1].finish_reason == text_pb2.FINISH_REASON_STOP
+    assert replies[-1].completion_tokens == generated.index(stop_id)  # the stop token itself is not output
+
+
+def test_sampling_with_a_seed_is_reproducible(generation):
+    def sampled(seed):
+        sampling = text_pb2.SamplingParameters(temperature=0.9, top_p=0.9, top_k=50, max_new_tokens=30, seed=seed)
+        return joined(generate(generation, text_pb2.GenerateRequest(prompt=PROMPTS[4], sampling=sampling)))
+
+    assert sampled(11) == sampled(11)
+    assert len({sampled(seed) for seed in (1, 2, 3)}) > 1
+
+
+# -- cancellation and deadlines -------------------------------------------------------------------
+
+def wait_until(condition, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_cancelling_a_stream_stops_its_generation(generation):
+    tokens = lambda: metric(generation, "modalmesh_generated_tokens_total", model=SERVED_NAME)  # noqa: E731
+    cancelled_before = metric(generation, "modalmesh_generation_finished_total", model=SERVED_NAME, reason="cancelled")
+    before = tokens()
+    with generation.channel() as channel:
+        stream = text_pb2_grpc.TextServiceStub(channel).Generate(
+            text_pb2.GenerateRequest(prompt="Once upon a time", sampling=greedy(2000)), timeout=120)
+        for _ in range(3):
+            next(stream)
+        stream.cancel()
+    assert wait_until(lambda: metric(generation, "modalmesh_generation_active_sequences", model=SERVED_NAME) == 0)
+    after_cancel = tokens()
+    time.sleep(0.5)
+    assert tokens() == after_cancel, "the model kept stepping for a cancelled stream"
+    assert after_cancel - before < 1000, f"{after_cancel - before} tokens: generation ran on after the cancel"
+    assert metric(generation, "modalmesh_generation_finished_total", model=SERVED_NAME,
+                  reason="cancelled") == cancelled_before + 1
+
+
+def test_a_deadline_ends_the_stream_and_frees_its_slot(generation):
+    with pytest.raises(grpc.RpcError) as error:
+        generate(generation, text_pb2.GenerateRequest(prompt="Once upon a time", sampling=greedy(2000)), timeout=0.3)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert wait_until(lambda: metric(generation, "modalmesh_generation_active_sequences", model=SERVED_NAME) == 0)
+
+
+# -- bad input --------------------------------------------------------------------------------------
+
+BAD_REQUESTS = {
+    "empty prompt": (text_pb2.GenerateRequest(prompt=""), "prompt"),
+    "blank prompt": (text_pb2.GenerateRequest(prompt="   \n"), "prompt"),
+    "no input": (text_pb2.GenerateRequest(sampling=greedy(5)), "input"),
+    "prompt longer than the context": (text_pb2.GenerateRequest(prompt="harbour " * 3000), "prompt"),
+    "max_new_tokens zero": (text_pb2.GenerateRequest(prompt="hi", sampling=greedy(0)), "sampling.max_new_tokens"),
+    "max_new_tokens too many": (text_pb2.GenerateRequest(prompt="hi", sampling=greedy(5000)),
+                                "sampling.max_new_tokens"),
+    "negative temperature": (text_pb2.GenerateRequest(
+        prompt="hi", sampling=text_pb2.SamplingParameters(temperature=-0.5)), "sampling.temperature"),
+    "top_p zero": (text_pb2.GenerateRequest(prompt="hi", sampling=text_pb2.SamplingParameters(top_p=0)),
+                   "sampling.top_p"),
+    "unknown stop type": (text_pb2.GenerateRequest(prompt="hi", sampling=text_pb2.SamplingParameters(
+        stop=[text_pb2.StopCondition()])), "sampling.stop[0]"),
+    "stop token outside the vocabulary": (text_pb2.GenerateRequest(prompt="hi", sampling=text_pb2.SamplingParameters(
+        stop=[text_pb2.StopCondition(token_id=10**6)])), "sampling.stop[0].token_id"),
+    "unknown chat role": (text_pb2.GenerateRequest(chat=text_pb2.Chat(messages=[
+        text_pb2.ChatMessage(role="wizard", content="hi")])), "chat.messages[0].role"),
+    "empty chat": (text_pb2.GenerateRequest(chat=text_pb2.Chat()), "chat.messages"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_bad_input_is_invalid_argument_naming_the_field(generation, case):
+    request, field = BAD_REQUESTS[case]
+    with pytest.raises(grpc.RpcError) as error:
+        generate(generation, request)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in [f for f, _ in bad_request_of(error.value)], bad_request_of(error.value)
+    assert generation.health() == "SERVING"
+
+
+def test_invalid_utf8_is_invalid_argument(generation):
+    prompt_field_with_bad_bytes = b"\x0a\x03\xff\xfe\x41"  # field 1 (prompt), length 3, not UTF-8
+    with generation.channel() as channel:
+        call = channel.unary_stream("/modalmesh.v1.TextService/Generate")
+        with pytest.raises(grpc.RpcError) as error:
+            list(call(prompt_field_with_bad_bytes, timeout=10))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert generation.health() == "SERVING"
+
+
+# -- the Open Inference Protocol: Triton's own client streams the tokens ----------------------------
+
+def test_tritonclient_streams_tokens_from_the_decoupled_model(generation):
+    assert TRITON_PYTHON.exists(), "make test installs .venv-tritonclient"
+    greedy_json = json.dumps({"temperature": 0, "max_tokens": 24})
+    cert = generation.client_cert
+    done = subprocess.run([str(TRITON_PYTHON), str(ROOT / "tests" / "tritonclient" / "stream_generate.py"),
+                           generation.target, str(cert.ca), str(cert.cert), str(cert.key), SERVED_NAME,
+                           PROMPTS[1], greedy_json], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    typed = joined(generate(generation, text_pb2.GenerateRequest(prompt=PROMPTS[1], sampling=greedy(24))))
+    assert not seen["errors"]
+    assert len(seen["pieces"]) > 3 and "".join(seen["pieces"]) == typed
+    assert seen["final"]["finish_reason"] in ("length", "stop") and seen["final"]["id"] == "story-1"
+    assert seen["whole"] == typed
+    assert seen["config"]["config"]["model_transaction_policy"]["decoupled"] is True
+
+
+# -- limits -----------------------------------------------------------------------------------------
+
+def test_past_the_queue_new_generations_are_refused_at_once(pki, tmp_path, model_dir):
+    service = start_service("services.text", pki, tmp_path, "text", generation_model=str(model_dir),
+                            generation_max_active=1, generation_max_waiting=1, generation_max_new_tokens=2000)
+    try:
+        long = text_pb2.GenerateRequest(prompt="Once upon a time", sampling=greedy(2000))
+        with service.channel() as channel:
+            stub = text_pb2_grpc.TextServiceStub(channel)
+            running = [stub.Generate(long, timeout=60) for _ in range(2)]
+            next(running[0])  # one decoding, one waiting
+            assert wait_until(lambda: metric(service, "modalmesh_generation_waiting_sequences",
+                                             model=SERVED_NAME) == 1)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as error:
+                next(stub.Generate(long, timeout=60))
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() - started < 1.0
+            for call in running:
+                call.cancel()
+        first = generate(service, text_pb2.GenerateRequest(prompt="hi", sampling=greedy(3)))
+        assert first[0].model.provenance.startswith("local path")
+    finally:
+        assert service.stop() == 0, service.log_tail()
+
+
+def test_a_service_without_a_generation_model_says_so():
+    from services.runtime.errors import FailedPrecondition
+    from services.text.servicer import TextServicer
+
+    with pytest.raises(FailedPrecondition, match="MODALMESH_GENERATION_MODEL"):
+        TextServicer(embedder=None, generator=None)._generator()
+
+
+def test_abstractive_summaries_come_from_the_generation_model(pki, tmp_path, model_dir):
+    service = start_service("services.text", pki, tmp_path, "text", generation_model=str(model_dir),
+                            summary_writer="generation")
+    try:
+        text = " ".join(f"The harbour crane number {i} lifted containers all night." for i in range(40))
+        with service.channel() as channel:
+            reply = text_pb2_grpc.TextServiceStub(channel).Summarize(
+                text_pb2.SummarizeRequest(text=text, method=text_pb2.SUMMARY_METHOD_ABSTRACTIVE, max_words=20),
+                timeout=120)
+        assert reply.method == text_pb2.SUMMARY_METHOD_ABSTRACTIVE
+        assert reply.model.name == SERVED_NAME and reply.summary
+        assert not reply.sentences  # written, not extracted
+    finally:
+        assert service.stop() == 0, service.log_tail()
