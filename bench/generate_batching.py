@@ -50,19 +50,20 @@ def chat_request(prompt: str, max_new_tokens: int) -> text_pb2.GenerateRequest:
 
 # -- phase 1: the model in this process -----------------------------------------------------------
 
-def in_process(model_source: str, texts: list[str], max_new_tokens: int, threads: int) -> dict:
+def in_process(model_source: str, texts: list[str], max_new_tokens: int, threads: int, device: str) -> dict:
     import torch
 
     from services.text.language_model import CausalLanguageModel
 
-    lm = CausalLanguageModel(model_source, device="cpu", threads=threads)
+    lm = CausalLanguageModel(model_source, device=device, threads=threads)
     lm.load()
     ids = [lm.encode_chat([{"role": "user", "content": t}]) for t in texts]
     eos = sorted(lm.eos_token_ids)
 
     def run(prompt_ids: list[int], new_tokens: int) -> int:
         with torch.inference_mode():
-            out = lm.model.generate(torch.tensor([prompt_ids]), max_new_tokens=new_tokens, do_sample=False,
+            out = lm.model.generate(torch.tensor([prompt_ids], device=lm.device), max_new_tokens=new_tokens,
+                                    do_sample=False,
                                     eos_token_id=eos, pad_token_id=lm.pad_token_id)
         generated = out[0, len(prompt_ids):].tolist()
         return next((i for i, t in enumerate(generated) if t in lm.eos_token_ids), len(generated))
@@ -115,9 +116,9 @@ async def drive(target: str, cert, texts: list[str], concurrency: int, max_new_t
 
 
 def through_service(model_source: str, texts: list[str], levels: list[int], max_new_tokens: int, threads: int,
-                    batching: str, home: MeshHome, log_dir: Path) -> list[dict]:
+                    batching: str, home: MeshHome, log_dir: Path, device: str) -> list[dict]:
     results = []
-    with running_service("services.text", "text", home, log_dir, generation_model=model_source,
+    with running_service("services.text", "text", home, log_dir, generation_model=model_source, device=device,
                          generation_batching=batching, generation_max_active=max(levels), model_threads=threads,
                          generation_max_new_tokens=max(1024, max_new_tokens)) as service:
         service.wait_serving()
@@ -141,20 +142,22 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=64, help="requests per level (the same prompts)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (model in-process and in the service)")
+    parser.add_argument("--out", type=Path, help="the JSON record's path (default bench/results/...)")
     args = parser.parse_args()
     exit_cleanly_on_sigterm()
     texts = prompts(args.requests)
 
     print(f"in-process generate(), {len(texts)} requests one after another ...", flush=True)
-    local = in_process(args.model, texts, args.max_new_tokens, args.threads)
+    local = in_process(args.model, texts, args.max_new_tokens, args.threads, args.device)
     print(f"  in-process: {local['tokens_per_s']:8.1f} tokens/s, first token p50 {local['first_token_ms_p50']:.1f} ms",
           flush=True)
     with temporary_directory("modalmesh-bench-") as tmp:
         home, log_dir = MeshHome(Path(tmp) / "home"), Path(tmp)
         continuous = through_service(args.model, texts, [1, 8, 32], args.max_new_tokens, args.threads,
-                                     "continuous", home, log_dir)
+                                     "continuous", home, log_dir, args.device)
         static = through_service(args.model, texts, [8, 32], args.max_new_tokens, args.threads, "static",
-                                 home, log_dir)
+                                 home, log_dir, args.device)
 
     at = {(r["batching"], r["concurrency"]): r for r in continuous + static}
     ratios = {
@@ -174,7 +177,7 @@ def main() -> int:
     path = write_record("generate_batching", {
         "machine": machine_description(), "model": local["model"], "provenance": local["provenance"],
         "max_new_tokens": args.max_new_tokens, "requests": len(texts), "in_process": local,
-        "service": continuous + static, "ratios": ratios, "targets_met": met})
+        "device": args.device, "service": continuous + static, "ratios": ratios, "targets_met": met}, args.out)
     print(f"record: {path}")
     return 0
 

@@ -48,3 +48,24 @@ model_args=(--device cuda)
   --client-processes 4 --max-batch-size 512 --duration 10 --warmup 3 --out "$out/embed_gpu_c256.json"
 "$py" bench/embed_batching.py "${model_args[@]}" --raw-batch 32 --raw-extra 1 --concurrency 64 \
   --client-processes 2 --duration 10 --warmup 3 --out "$out/embed_gpu_c64.json"
+
+# Generation: a Llama-architecture model of about 0.3B parameters with random weights (tokens/s do
+# not depend on the weights' values; random weights never emit end-of-sequence, so every request
+# runs its full max_new_tokens), with the storyteller's tokenizer and chat template.
+llm=${MODALMESH_GENERATION_MODEL:-/tmp/llm-random-weights}
+if [ -z "${MODALMESH_GENERATION_MODEL:-}" ]; then
+  "$py" - "$llm" <<'PY'
+import sys, torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+dst = sys.argv[1]
+tokenizer = AutoTokenizer.from_pretrained("services/text/models/storyteller", local_files_only=True)
+config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=2816, num_hidden_layers=16,
+                     num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+torch.manual_seed(0)
+LlamaForCausalLM(config).save_pretrained(dst)
+tokenizer.save_pretrained(dst)
+PY
+fi
+"$py" bench/generate_batching.py --device cuda --model "$llm" --requests 64 --max-new-tokens 128 \
+  --out "$out/generate_gpu.json"

@@ -322,3 +322,33 @@ def test_abstractive_summaries_come_from_the_generation_model(pki, tmp_path, mod
         assert not reply.sentences  # written, not extracted
     finally:
         assert service.stop() == 0, service.log_tail()
+
+
+def test_a_failing_model_step_ends_its_streams_with_an_error_and_the_engine_goes_on(model_dir):
+    """In process: a step that raises (a lost device, say) must end the streams, not hang them."""
+    import queue
+
+    from services.text.generation_engine import GenerationEngine, SamplingParams
+    from services.text.language_model import CausalLanguageModel
+
+    lm = CausalLanguageModel(str(model_dir), device="cpu", threads=1)
+    lm.load()
+    engine = GenerationEngine(lm)
+    engine.start()
+    try:
+        working = lm.model.forward
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("device lost")
+
+        lm.model.forward = broken
+        deltas: queue.Queue = queue.Queue()
+        engine.submit(lm.encode_prompt("hi"), SamplingParams(temperature=0, max_new_tokens=5), deltas.put)
+        failed = deltas.get(timeout=30)
+        assert failed.error and "device lost" in failed.error
+        lm.model.forward = working
+        engine.submit(lm.encode_prompt("hi"), SamplingParams(temperature=0, max_new_tokens=5), deltas.put)
+        while not (delta := deltas.get(timeout=30)).finish_reason:
+            assert delta.error is None
+    finally:
+        engine.close()

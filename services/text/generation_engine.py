@@ -180,7 +180,7 @@ class GenerationEngine:
                         self._drop_done()
             except Exception as error:  # the batch is lost; tell every stream rather than hang it
                 log.exception("generation step failed")
-                self._fail_all(f"{type(error).__name__}: {error}")
+                self._fail_all(f"{type(error).__name__}: {error}", admitted)
 
     def _next_admissions(self) -> list[Sequence] | None:
         """Waiting sequences to admit now ([] to just step); None when the engine should stop."""
@@ -397,8 +397,9 @@ class GenerationEngine:
         except RuntimeError:  # the stream's event loop is gone: nobody is listening
             sequence.cancelled = True
 
-    def _fail_all(self, message: str) -> None:
-        for sequence in self._active:
+    def _fail_all(self, message: str, admitted: list[Sequence]) -> None:
+        """End every stream of the batch, and those being admitted, with ``message``."""
+        for sequence in self._active + [s for s in admitted if s not in self._active]:
             if not sequence.finished:
                 sequence.finished = True
                 self._emit(sequence, Delta("", 0, len(sequence.generated), len(sequence.prompt_ids), error=message))
