@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 TRITON_VENV := .venv-tritonclient
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_PEERS_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status test test-fast lint manifests protos bench clean
+.PHONY: help install up down status test test-fast lint manifests protos bench bench-peers clean
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,5 +62,9 @@ protos: $(STAMP) ## Regenerate the Python stubs from protos/
 bench: $(STAMP) ## Run the benchmarks in bench/ (prints ratios, writes JSON records)
 	$(PY) bench/embed_batching.py
 
+# The peers' own environments (bench/.venv-ray, bench/.venv-pytriton) are made by the script on first use.
+bench-peers: $(STAMP) ## modalmesh vs Ray Serve vs PyTriton on the same model (BENCH_PEERS_ARGS="--quick" for a smoke test)
+	$(PY) bench/embed_peers.py $(BENCH_PEERS_ARGS)
+
 clean: ## Remove the virtual environments, node_modules and local mesh state
-	rm -rf $(VENV) $(TRITON_VENV) node_modules .modalmesh .pytest_cache .hypothesis
+	rm -rf $(VENV) $(TRITON_VENV) bench/.venv-ray bench/.venv-pytriton node_modules .modalmesh .pytest_cache .hypothesis

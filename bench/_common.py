@@ -94,6 +94,31 @@ def thread_cpu_usage(pid: int, before: dict[str, float], after: dict[str, float]
     return {k: round(v, 3) for k, v in sorted(usage.items(), key=lambda kv: -kv[1]) if v >= 0.005}
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants alive now (a server made of several processes: Ray, Triton)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def process_tree_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of ``pid`` and of each descendant alive now, keyed 'name:pid' (Ray names its workers)."""
+    usage = {}
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            name = Path(f"/proc/{member}/comm").read_text().strip()
+            usage[f"{name}:{member}"] = process_cpu_seconds(member)
+    return usage
+
+
 def system_cpu_seconds() -> tuple[float, float, float]:
     """(busy, total, stolen) CPU seconds of the whole machine since boot, from /proc/stat.
 
@@ -152,6 +177,10 @@ class LoadSpec:
     ca: str = ""
     cert: str = ""
     key: str = ""
+    # A server without TLS (a benchmark peer, or modalmesh in sidecar mode) gets a plaintext channel, and
+    # ``metadata`` rides on every call (e.g. the x-forwarded-client-cert header an Istio sidecar adds).
+    plaintext: bool = False
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -179,16 +208,21 @@ def _client_process(spec: LoadSpec, index: int, callers: int, conn) -> None:
 
 
 async def _drive(spec: LoadSpec, index: int, callers: int, conn) -> dict:
-    credentials = client_credentials(Path(spec.ca), Path(spec.cert), Path(spec.key))
-    channels = [grpc.aio.secure_channel(spec.target, credentials,
-                                        options=channel_options() + [("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(spec.channels_per_process)]
+    options = channel_options() + [("grpc.use_local_subchannel_pool", 1)]
+    if spec.plaintext:
+        channels = [grpc.aio.insecure_channel(spec.target, options=options) for _ in range(spec.channels_per_process)]
+    else:
+        credentials = client_credentials(Path(spec.ca), Path(spec.cert), Path(spec.key))
+        channels = [grpc.aio.secure_channel(spec.target, credentials, options=options)
+                    for _ in range(spec.channels_per_process)]
+    metadata = spec.metadata or None
     # Bytes in, bytes out: the generator spends no CPU on protobuf; the service does all of its own work.
     calls = [ch.unary_unary(spec.method, request_serializer=None, response_deserializer=None) for ch in channels]
     try:
-        await calls[0](spec.requests[0], timeout=spec.timeout_s)   # connect (TLS handshake) before the clock starts
+        # Connect (TLS handshake) before the clock starts.
+        await calls[0](spec.requests[0], timeout=spec.timeout_s, metadata=metadata)
         for call in calls[1:]:
-            await call(spec.requests[0], timeout=spec.timeout_s)
+            await call(spec.requests[0], timeout=spec.timeout_s, metadata=metadata)
         conn.send(("ready", index))
         loop = asyncio.get_running_loop()
         measure_from, measure_until = await loop.run_in_executor(None, conn.recv)
@@ -205,7 +239,7 @@ async def _drive(spec: LoadSpec, index: int, callers: int, conn) -> dict:
                 if started >= measure_until:
                     return
                 try:
-                    await call(spec.requests[k], timeout=spec.timeout_s)
+                    await call(spec.requests[k], timeout=spec.timeout_s, metadata=metadata)
                     ok = True
                 except grpc.aio.AioRpcError as error:
                     ok = False

@@ -251,7 +251,8 @@ def measure_service(name: str, requests: list[bytes], args, pki: MeshHome, tmp: 
     """Start the service with ``settings``, drive it with closed-loop load, stop it."""
     print(f"[{name}] starting the text service ({', '.join(f'{k}={v}' for k, v in settings.items())}) ...",
           flush=True)
-    with running_service("services.text", "text", pki, tmp, **settings) as service:
+    # Embeddings only: no generation model competing for memory and cores.
+    with running_service("services.text", "text", pki, tmp, generation_model="", **settings) as service:
         ready_s = service.wait_serving()
         verify_service_answers(service, "A quick check that Embed answers before the load starts.")
         cert = service.client_cert
