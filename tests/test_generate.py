@@ -352,3 +352,33 @@ def test_a_failing_model_step_ends_its_streams_with_an_error_and_the_engine_goes
             assert delta.error is None
     finally:
         engine.close()
+
+
+def test_model_stream_infer_without_an_empty_final_flags_the_last_data_response(generation):
+    """A plain gRPC client (no enable_empty_final_response): the last text response ends the stream."""
+    from inference import grpc_service_pb2 as oip
+    from inference import grpc_service_pb2_grpc as oip_grpc
+    from services.runtime.tensors import encode_bytes
+
+    def request(prompt: str) -> oip.ModelInferRequest:
+        import numpy as np
+
+        message = oip.ModelInferRequest(model_name=SERVED_NAME, id="plain")
+        message.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+        message.inputs.add(name="sampling_parameters", datatype="BYTES", shape=[1])
+        message.raw_input_contents.extend([encode_bytes(np.array([prompt.encode()], dtype=object)),
+                                           encode_bytes(np.array([b'{"temperature": 0, "max_tokens": 24}'],
+                                                                 dtype=object))])
+        return message
+
+    with generation.channel() as channel:
+        replies = list(oip_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter([request(PROMPTS[1])]),
+                                                                                   timeout=60))
+    assert all(not r.error_message for r in replies)
+    finals = [r.infer_response.parameters["triton_final_response"].bool_param for r in replies]
+    assert finals == [False] * (len(replies) - 1) + [True] and len(replies) > 3
+    last = replies[-1].infer_response
+    assert last.parameters["finish_reason"].string_param in ("length", "stop") and last.outputs
+    text = b"".join(r.infer_response.raw_output_contents[0][4:] for r in replies).decode()
+    typed = joined(generate(generation, text_pb2.GenerateRequest(prompt=PROMPTS[1], sampling=greedy(24))))
+    assert text == typed

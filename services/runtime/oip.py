@@ -133,7 +133,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         rows = model.adapter.rows_from_tensors(arrays)
         results = await model.infer(rows, context)
         outputs = model.adapter.tensors_from_results(results)
-        response = oip.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        response = _response_to(model, request)
         _add_outputs(response, model, outputs, requested)
         return response
 
@@ -152,7 +152,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         text, last = "", None
         async for last in deltas:
             text += last.text
-        response = oip.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        response = _response_to(model, request)
         _add_outputs(response, model, {"text_output": np.array([text.encode()], dtype=object)}, requested)
         _add_finish(response, last)
         return response
@@ -163,19 +163,19 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         empty_final = request.parameters["enable_empty_final_response"].bool_param
         async for delta in deltas:
             last = delta.finish_reason is not None
-            response = oip.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
             if delta.text or not (last and empty_final):
-                _add_outputs(response, model, {"text_output": np.array([delta.text.encode()], dtype=object)},
-                             requested)
-            if last:
-                _add_finish(response, delta)
-            if last and empty_final and response.outputs:   # the data, then an empty response that ends it
-                response.parameters["triton_final_response"].bool_param = False
-                yield response
-                response = oip.ModelInferResponse(model_name=model.name, model_version=model.version,
-                                                  id=request.id)
-            response.parameters["triton_final_response"].bool_param = last
-            yield response
+                data = _response_to(model, request)
+                _add_outputs(data, model, {"text_output": np.array([delta.text.encode()], dtype=object)}, requested)
+                ends_here = last and not empty_final
+                if ends_here:
+                    _add_finish(data, delta)
+                data.parameters["triton_final_response"].bool_param = ends_here
+                yield data
+            if last and empty_final:   # tritonclient's convention: an empty response ends the stream
+                final = _response_to(model, request)
+                _add_finish(final, delta)
+                final.parameters["triton_final_response"].bool_param = True
+                yield final
 
     def _model(self, name: str, version: str = "") -> ServedModel:
         model = self.models.get(name)
@@ -184,6 +184,10 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         if version and version != model.version:
             raise NotFound(f"model {name!r} has no version {version!r}; it has {model.version!r}")
         return model
+
+
+def _response_to(model, request: oip.ModelInferRequest) -> oip.ModelInferResponse:
+    return oip.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
 
 
 def _add_outputs(response: oip.ModelInferResponse, model, outputs: dict, requested: set[str]) -> None:
