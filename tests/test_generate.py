@@ -283,8 +283,9 @@ def test_past_the_queue_new_generations_are_refused_at_once(pki, tmp_path, model
         long = text_pb2.GenerateRequest(prompt="Once upon a time", sampling=greedy(2000))
         with service.channel() as channel:
             stub = text_pb2_grpc.TextServiceStub(channel)
-            running = [stub.Generate(long, timeout=60) for _ in range(2)]
-            next(running[0])  # one decoding, one waiting
+            running = [stub.Generate(long, timeout=60)]
+            next(running[0])  # decoding: it holds the only slot
+            running.append(stub.Generate(long, timeout=60))  # waiting: it fills the queue
             assert wait_until(lambda: metric(service, "modalmesh_generation_waiting_sequences",
                                              model=SERVED_NAME) == 1)
             started = time.monotonic()

@@ -64,7 +64,8 @@ def test_server_and_model_readiness_and_metadata(stub):
 
 def test_repository_index_and_config(stub):
     index = stub.RepositoryIndex(oip.RepositoryIndexRequest(ready=True))
-    assert [(m.name, m.state) for m in index.models] == [(MODEL, "READY")]
+    # the encoder, and the default generator (the storyteller)
+    assert [(m.name, m.state) for m in index.models] == [(MODEL, "READY"), ("storyteller", "READY")]
     config = stub.ModelConfig(oip.ModelConfigRequest(name=MODEL)).config
     assert config.max_batch_size == 64 and config.HasField("dynamic_batching")
     assert config.input[0].data_type == mc.TYPE_STRING and list(config.input[0].dims) == [1]

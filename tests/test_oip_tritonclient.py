@@ -50,7 +50,7 @@ def test_tritonclient_lists_describes_configures_and_infers(text_service):
     seen = json.loads(run_in_triton_venv(str(ROOT / "tests" / "tritonclient" / "drive.py"), text_service.target,
                                          str(cert.ca), str(cert.cert), str(cert.key), MODEL))
     assert seen["live"] and seen["ready"] and seen["model_ready"]
-    assert [m["name"] for m in seen["index"]["models"]] == [MODEL]
+    assert [m["name"] for m in seen["index"]["models"]] == [MODEL, "storyteller"]
     assert seen["metadata"]["inputs"][0] == {"name": "TEXT", "datatype": "BYTES", "shape": ["-1", "1"]}
     assert seen["config"]["config"]["max_batch_size"] == 64
     assert seen["config"]["config"]["output"][0]["data_type"] == "TYPE_FP32"
