@@ -25,7 +25,7 @@ class TextSettings(ServiceSettings):
                                                            "id in the local cache or a local path; '' serves none")
     generation_precision: Precision | None = Field(None, description="Overrides MODALMESH_PRECISION for generation")
     generation_max_active: int = Field(32, ge=1, le=512, description="Sequences decoded together (the batch)")
-    generation_max_waiting: int = Field(256, ge=0, description="Queued generations past which RESOURCE_EXHAUSTED")
+    generation_max_waiting: int = Field(256, ge=1, description="Queued generations past which RESOURCE_EXHAUSTED")
     generation_batching: Literal["continuous", "static"] = Field(
         "continuous", description="continuous: requests join and leave the batch between decode steps")
     summary_writer: Literal["none", "generation"] = Field(
