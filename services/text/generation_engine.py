@@ -212,8 +212,8 @@ class GenerationEngine:
         ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = self._new_cache()
-        out = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                            use_cache=True, logits_to_keep=1)
+        out = self.lm.model(input_ids=ids, attention_mask=None if bool(mask.all()) else mask,
+                            position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
         tokens = self._sample(out.logits[:, -1, :], sequences)
         self._join(sequences, out.cache, mask, mask.sum(-1), tokens)
         self.stats.prompts += len(sequences)
@@ -226,7 +226,9 @@ class GenerationEngine:
         started = time.perf_counter_ns()
         rows = len(self._active)
         mask = torch.cat([self._mask, torch.ones((rows, 1), dtype=torch.long, device=self._mask.device)], dim=1)
-        out = self.lm.model(input_ids=self._next_tokens[:, None], attention_mask=mask,
+        # Without padding the mask says nothing the causal default does not, and building it costs time.
+        padded = not bool(self._mask.all())
+        out = self.lm.model(input_ids=self._next_tokens[:, None], attention_mask=mask if padded else None,
                             position_ids=self._positions[:, None], cache=self._cache, use_cache=True)
         self._cache, self._mask = out.cache, mask
         self._positions = self._positions + 1
