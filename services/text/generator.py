@@ -135,6 +135,9 @@ class ServedGenerator:
         try:
             while True:
                 delta = await deltas.get()
+                # When tokens come faster than the stream sends them, send what has piled up as one message.
+                while not (delta.finish_reason or delta.error) and not deltas.empty():
+                    delta = _joined(delta, deltas.get_nowait())
                 if delta.error:
                     reason = "error"
                     self.failures += 1
@@ -179,6 +182,11 @@ class ServedGenerator:
         if self.metrics:
             self.metrics.active_sequences.labels(self.name).set(self.engine.active)
             self.metrics.waiting_sequences.labels(self.name).set(self.engine.waiting)
+
+
+def _joined(earlier: Delta, later: Delta) -> Delta:
+    return Delta(earlier.text + later.text, earlier.token_count + later.token_count, later.completion_tokens,
+                 later.prompt_tokens, later.finish_reason, later.error)
 
 
 # -- validation --------------------------------------------------------------------------------
