@@ -1,4 +1,5 @@
-"""modalmesh.v1.TextService: Embed and Classify, both on the batched sentence embedder."""
+"""modalmesh.v1.TextService: Embed, Classify and Summarize on the batched sentence embedder; Generate on the
+generation engine."""
 
 from __future__ import annotations
 
