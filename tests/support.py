@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from modalmesh.home import MeshHome
@@ -9,7 +10,7 @@ from modalmesh.launch import ServiceProcess, free_port, launch
 from services.runtime.settings import REPO_ROOT
 
 ROOT = REPO_ROOT
-__all__ = ["ROOT", "ServiceProcess", "free_port", "start_service"]
+__all__ = ["ROOT", "ServiceProcess", "free_port", "metric", "start_service", "wait_for"]
 
 
 def start_service(module: str, home: MeshHome, tmp: Path, workload: str, **settings) -> ServiceProcess:
@@ -21,3 +22,23 @@ def start_service(module: str, home: MeshHome, tmp: Path, workload: str, **setti
         service.stop(5)
         raise
     return service
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The sum of the Prometheus samples called ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_for(condition, timeout: float = 30.0, interval: float = 0.02) -> None:
+    """Return once ``condition()`` is true; TimeoutError if it never is within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise TimeoutError("condition not met")

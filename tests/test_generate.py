@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modalmesh.v1 import text_pb2, text_pb2_grpc
 from services.runtime.errors import bad_request_of
-from tests.support import ROOT, start_service
+from tests.support import ROOT, metric, start_service, wait_for
 from tests.tiny_lm import build_tiny_llama
 
 pytestmark = pytest.mark.slow
@@ -87,11 +87,8 @@ def joined(replies) -> str:
     return "".join(r.text for r in replies)
 
 
-def metric(service, name: str, **labels) -> float:
-    for line in service.metrics().splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+def engine_metric(service, name: str, **labels) -> float:
+    return metric(service.metrics(), name, model=SERVED_NAME, **labels)
 
 
 # -- streaming ------------------------------------------------------------------------------------
@@ -126,8 +123,8 @@ def test_chat_is_rendered_with_the_tokenizers_template(generation, reference):
 def test_thirty_two_concurrent_streams_match_each_request_alone(generation):
     requests = [text_pb2.GenerateRequest(prompt=p, sampling=greedy(20 + i % 7)) for i, p in enumerate(PROMPTS)]
     alone = [joined(generate(generation, r)) for r in requests]
-    batches_before = metric(generation, "modalmesh_generation_decode_batch_size_count", model=SERVED_NAME)
-    rows_before = metric(generation, "modalmesh_generation_decode_batch_size_sum", model=SERVED_NAME)
+    batches_before = engine_metric(generation, "modalmesh_generation_decode_batch_size_count")
+    rows_before = engine_metric(generation, "modalmesh_generation_decode_batch_size_sum")
 
     async def all_at_once():
         async with generation.aio_channel() as channel:
@@ -140,8 +137,8 @@ def test_thirty_two_concurrent_streams_match_each_request_alone(generation):
 
     together = asyncio.run(all_at_once())
     assert together == alone
-    steps = metric(generation, "modalmesh_generation_decode_batch_size_count", model=SERVED_NAME) - batches_before
-    rows = metric(generation, "modalmesh_generation_decode_batch_size_sum", model=SERVED_NAME) - rows_before
+    steps = engine_metric(generation, "modalmesh_generation_decode_batch_size_count") - batches_before
+    rows = engine_metric(generation, "modalmesh_generation_decode_batch_size_sum") - rows_before
     assert rows / steps > 4, f"streams were not decoded together: {rows / steps:.1f} sequences per step"
 
 
@@ -176,18 +173,9 @@ def test_sampling_with_a_seed_is_reproducible(generation):
 
 # -- cancellation and deadlines -------------------------------------------------------------------
 
-def wait_until(condition, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_cancelling_a_stream_stops_its_generation(generation):
-    tokens = lambda: metric(generation, "modalmesh_generated_tokens_total", model=SERVED_NAME)  # noqa: E731
-    cancelled_before = metric(generation, "modalmesh_generation_finished_total", model=SERVED_NAME, reason="cancelled")
+    tokens = lambda: engine_metric(generation, "modalmesh_generated_tokens_total")  # noqa: E731
+    cancelled_before = engine_metric(generation, "modalmesh_generation_finished_total", reason="cancelled")
     before = tokens()
     with generation.channel() as channel:
         stream = text_pb2_grpc.TextServiceStub(channel).Generate(
@@ -195,20 +183,19 @@ def test_cancelling_a_stream_stops_its_generation(generation):
         for _ in range(3):
             next(stream)
         stream.cancel()
-    assert wait_until(lambda: metric(generation, "modalmesh_generation_active_sequences", model=SERVED_NAME) == 0)
+    wait_for(lambda: engine_metric(generation, "modalmesh_generation_active_sequences") == 0)
     after_cancel = tokens()
     time.sleep(0.5)
     assert tokens() == after_cancel, "the model kept stepping for a cancelled stream"
     assert after_cancel - before < 1000, f"{after_cancel - before} tokens: generation ran on after the cancel"
-    assert metric(generation, "modalmesh_generation_finished_total", model=SERVED_NAME,
-                  reason="cancelled") == cancelled_before + 1
+    assert engine_metric(generation, "modalmesh_generation_finished_total", reason="cancelled") == cancelled_before + 1
 
 
 def test_a_deadline_ends_the_stream_and_frees_its_slot(generation):
     with pytest.raises(grpc.RpcError) as error:
         generate(generation, text_pb2.GenerateRequest(prompt="Once upon a time", sampling=greedy(2000)), timeout=0.3)
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert wait_until(lambda: metric(generation, "modalmesh_generation_active_sequences", model=SERVED_NAME) == 0)
+    wait_for(lambda: engine_metric(generation, "modalmesh_generation_active_sequences") == 0)
 
 
 # -- bad input --------------------------------------------------------------------------------------
@@ -286,8 +273,7 @@ def test_past_the_queue_new_generations_are_refused_at_once(pki, tmp_path, model
             running = [stub.Generate(long, timeout=60)]
             next(running[0])  # decoding: it holds the only slot
             running.append(stub.Generate(long, timeout=60))  # waiting: it fills the queue
-            assert wait_until(lambda: metric(service, "modalmesh_generation_waiting_sequences",
-                                             model=SERVED_NAME) == 1)
+            wait_for(lambda: engine_metric(service, "modalmesh_generation_waiting_sequences") == 1)
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as error:
                 next(stub.Generate(long, timeout=60))

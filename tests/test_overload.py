@@ -15,7 +15,7 @@ import pytest
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc as oip_grpc
 from modalmesh.v1 import text_pb2, text_pb2_grpc
-from tests.support import start_service
+from tests.support import metric, start_service, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -25,24 +25,6 @@ HEAVY = text_pb2.EmbedRequest(texts=[f"machine {i} reports bearing temperature n
                                      for i in range(HEAVY_ROWS)])
 LIGHT = text_pb2.EmbedRequest(texts=["one short text that must never reach the model"])
 MODEL = "all-MiniLM-L6-v2"
-
-
-def metric(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def wait_for(condition, timeout=30.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval)
-    raise TimeoutError("condition not met")
 
 
 @pytest.fixture(scope="module")
