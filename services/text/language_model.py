@@ -7,6 +7,7 @@ already in the local cache (in Kubernetes: the model-cache volume). Nothing is d
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -48,6 +49,10 @@ class CausalLanguageModel:
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, local_files_only=True)
         self.model.to(self.device).eval()
+        # Transformers 5.24 names the KV cache argument and output `cache`; earlier 5.x releases (the
+        # ones CUDA images tend to ship) call it `past_key_values`.
+        self._cache_keyword = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+            else "past_key_values"
         config = self.model.config
         self.context_window = int(getattr(config, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
         self.eos_token_ids = self._eos_ids()
@@ -55,6 +60,13 @@ class CausalLanguageModel:
             name=STORYTELLER if self.source == STORYTELLER else self.source.rstrip("/").rsplit("/", 1)[-1],
             version=version, provenance=provenance, device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache,
+                **options) -> tuple[torch.Tensor, object]:
+        """One step of the model over ``ids``, extending ``cache``: the logits and the cache."""
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **{self._cache_keyword: cache}, **options)
+        return out.logits, getattr(out, self._cache_keyword)
 
     def describe(self) -> ModelDescription:
         if self._description is None:
