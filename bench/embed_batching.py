@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from modalmesh.home import MeshHome  # noqa: E402
 from _common import (LoadSpec, exit_cleanly_on_sigterm, machine_description,  # noqa: E402
-                     process_cpu_seconds, rate_per_second, run_load, running_service, system_cpu_seconds,
+                     process_tree_cpu_seconds, rate_per_second, run_load, running_service, system_cpu_seconds,
                      thread_cpu_seconds, thread_cpu_usage, write_record)
+from modalmesh.launch import metric  # noqa: E402
 
 EMBED_METHOD = "/modalmesh.v1.TextService/Embed"
 TARGET_VS_RAW = 0.75
@@ -187,9 +188,20 @@ class ServerProbe:
 
     def mark(self) -> None:
         busy, total, steal = system_cpu_seconds()
-        self.marks.append({"t": time.monotonic(), "cpu": process_cpu_seconds(self.service.pid),
-                           "threads": thread_cpu_seconds(self.service.pid), "stats": self._statistics(),
+        several = self.service.workers > 1   # then per worker process, and statistics summed from /metrics
+        self.marks.append({"t": time.monotonic(), "cpu": sum(process_tree_cpu_seconds(self.service.pid).values()),
+                           "threads": (process_tree_cpu_seconds if several else thread_cpu_seconds)(self.service.pid),
+                           "stats": self._merged_statistics() if several else self._statistics(),
                            "system_busy": busy, "system_total": total, "system_steal": steal})
+
+    def _merged_statistics(self) -> dict:
+        """The workers' Prometheus histograms, summed by the supervisor: no per-size breakdown."""
+        text = self.service.metrics()
+        rows, executions = (metric(text, f"modalmesh_batch_size_{k}") for k in ("sum", "count"))
+        queue_s, queued = (metric(text, f"modalmesh_batcher_queue_seconds_{k}") for k in ("sum", "count"))
+        compute_ns = int(metric(text, "modalmesh_model_compute_seconds_sum") * 1e9)
+        return {"inference_count": int(rows), "execution_count": int(executions), "queue_ns": int(queue_s * 1e9),
+                "queue_count": int(queued), "batches": {0: (int(executions), compute_ns)}}
 
     def _statistics(self) -> dict:
         from inference import grpc_service_pb2 as oip, grpc_service_pb2_grpc as oip_grpc
@@ -215,13 +227,14 @@ class ServerProbe:
         # inference_stats.compute_infer is per request, so a batch of 64 counts its time 64 times there).
         before = {size: sa["batches"].get(size, (0, 0)) for size in sb["batches"]}
         batches = {size: n - before[size][0] for size, (n, _) in sorted(sb["batches"].items())}
-        batches = {size: n for size, n in batches.items() if n}
+        batches = {size: n for size, n in batches.items() if n}   # size 0: all sizes (several workers)
         compute_ns = sum(ns - before[size][1] for size, (_, ns) in sb["batches"].items())
         compute_ms_by_size = {size: round((ns - before[size][1]) / 1e6 / batches[size], 1)
                               for size, (_, ns) in sb["batches"].items() if size in batches}
         return {
             "window_s": round(seconds, 2),
             "server_cpu_cores": round((b["cpu"] - a["cpu"]) / seconds, 3),
+            # per thread, or with several workers per process ('python:<pid>')
             "server_threads_cpu_cores": thread_cpu_usage(self.service.pid, a["threads"], b["threads"], seconds),
             "machine_cpu_busy_fraction": round((b["system_busy"] - a["system_busy"])
                                                / max(1e-9, b["system_total"] - a["system_total"]), 3),
@@ -313,6 +326,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--instances", type=int,
                    help="MODALMESH_MODEL_INSTANCES for the service (default: the service's own default); the "
                         "service then gets --threads / instances threads per instance. Raw stays one instance")
+    p.add_argument("--workers", type=int, default=1,
+                   help="MODALMESH_WORKERS for the service (default 1): server processes sharing the port, each "
+                        "with --threads / workers model threads; give the clients at least as many connections "
+                        "(--client-processes x --channels)")
     p.add_argument("--max-batch-size", type=int, default=64, help="MODALMESH_MAX_BATCH_SIZE when batching (64)")
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="MODALMESH_MAX_QUEUE_DELAY_MS (2)")
     p.add_argument("--sentences", type=int, default=2048, help="distinct sentences (default 2048)")
@@ -372,6 +389,8 @@ def main(argv=None) -> int:
               "max_queue_delay_ms": args.max_queue_delay_ms, "embedding_model": args.model, "device": args.device}
     if args.instances:
         common.update(model_instances=args.instances, model_threads=max(1, args.threads // args.instances))
+    if args.workers > 1:
+        common.update(workers=args.workers, model_threads=max(1, common["model_threads"] // args.workers))
     with _common.temporary_directory("modalmesh-bench-") as tmp:
         pki = MeshHome(Path(tmp))
         record["batched"] = measure_service("batched", requests, args, pki, Path(tmp),

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # The GPU benchmark: everything that needs an NVIDIA GPU, in one short call, printing a table.
 #
-#   bench/gpu.sh [OUT_DIR]
+#   bench/gpu.sh [OUT_DIR] [STEP...]
+#
+# Steps, all by default, in this order: embed-c256 (raw ceilings at batch 512/32/1, the service at 256
+# callers, batching on and off), embed-workers (the same load on MODALMESH_WORKERS=$GPU_WORKERS server
+# processes, default 8), embed-c64 (64 callers, batch 32), generate (a 0.3B Llama architecture).
+# $GPU_BENCH_SECONDS (8) is the measured time per phase, $GPU_GENERATE_TOKENS (64) the new tokens per
+# generation request.
 #
 # Uses the machine's own CUDA build of PyTorch and installs modalmesh's serving dependencies on top: from $MODALMESH_WHEELS when set (a folder
 # of wheels, for machines without a package index), else from PyPI. The model is
@@ -13,6 +19,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/results}
 mkdir -p "$out"
+shift || true
+steps=" ${*:-embed-c256 embed-workers embed-c64 generate} "
+seconds=${GPU_BENCH_SECONDS:-8}
+wanted() { [[ "$steps" == *" $1 "* ]]; }
 site=${MODALMESH_GPU_SITE:-/tmp/modalmesh-gpu-site}
 py=python3
 pip_args=(--quiet --disable-pip-version-check --no-compile --target "$site" --upgrade)
@@ -43,11 +53,15 @@ fi
 model_args=(--device cuda)
 [ -n "$model" ] && model_args+=(--model "$model")
 
-# Raw in-process ceilings, then the service: batching on and off, at two loads.
-"$py" bench/embed_batching.py "${model_args[@]}" --raw-batch 512 --raw-extra 32,1 --concurrency 256 \
-  --client-processes 4 --max-batch-size 512 --duration 8 --warmup 2 --out "$out/embed_gpu_c256.json"
-"$py" bench/embed_batching.py "${model_args[@]}" --raw-batch 32 --raw-extra 1 --concurrency 64 \
-  --client-processes 2 --duration 8 --warmup 2 --out "$out/embed_gpu_c64.json"
+# Raw in-process ceilings, then the service: batching on and off, at two loads, and on several workers.
+c256=(--raw-batch 512 --raw-extra 32,1 --concurrency 256 --client-processes 6 --channels 8 --max-batch-size 512
+      --duration "$seconds" --warmup 2)
+wanted embed-c256 && "$py" bench/embed_batching.py "${model_args[@]}" "${c256[@]}" --out "$out/embed_gpu_c256.json"
+wanted embed-workers && "$py" bench/embed_batching.py "${model_args[@]}" "${c256[@]}" --skip-unbatched \
+  --workers "${GPU_WORKERS:-8}" --threads "${GPU_WORKERS:-8}" --out "$out/embed_gpu_c256_workers.json"
+wanted embed-c64 && "$py" bench/embed_batching.py "${model_args[@]}" --raw-batch 32 --raw-extra 1 --concurrency 64 \
+  --client-processes 2 --duration "$seconds" --warmup 2 --out "$out/embed_gpu_c64.json"
+wanted generate || exit 0
 
 # Generation: a Llama-architecture model of about 0.3B parameters with random weights (tokens/s do
 # not depend on the weights' values; random weights never emit end-of-sequence, so every request
@@ -69,5 +83,5 @@ PY
 fi
 # The text service loads its embedding model too: the same one as above.
 [ -n "$model" ] && export MODALMESH_EMBEDDING_MODEL="$model"
-"$py" bench/generate_batching.py --device cuda --model "$llm" --requests 32 --max-new-tokens 64 \
+"$py" bench/generate_batching.py --device cuda --model "$llm" --requests 32 --max-new-tokens "${GPU_GENERATE_TOKENS:-64}" \
   --out "$out/generate_gpu.json"

@@ -7,7 +7,6 @@ certificate from a MeshHome, and free ports.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import signal
 import socket
 import subprocess
@@ -26,9 +25,20 @@ from modalmesh.supervisor import service_environment
 from modalmesh.workloads import Workload
 from services.runtime.channels import secure_channel
 from services.runtime.settings import REPO_ROOT
+from services.runtime.workers import die_with_parent
 
 POLICY_FILE = REPO_ROOT / "mesh" / "policy.yaml"
 CLIENT_IDENTITY = "cli"   # mesh/policy.yaml lets the operator's identity call every method
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The sum of the Prometheus samples called ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def free_port() -> int:
@@ -46,6 +56,7 @@ class ServiceProcess:
     log_path: Path
 
     sidecar: bool = False
+    workers: int = 1   # MODALMESH_WORKERS: SERVING once every worker logged that it serves
 
     @property
     def target(self) -> str:
@@ -98,7 +109,7 @@ class ServiceProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.log_tail()}")
             with contextlib.suppress(grpc.RpcError):
-                if self.health() == "SERVING":
+                if self.health() == "SERVING" and self.log().count('"msg": "serving"') >= self.workers:
                     return time.monotonic() - started
             time.sleep(0.2)
         raise TimeoutError(f"service not SERVING after {timeout}s:\n{self.log_tail()}")
@@ -114,12 +125,6 @@ class ServiceProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: SIGTERM it if the parent dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
 
 def launch(module: str, home: MeshHome, log_dir: Path, workload: str, *, wrapper: list[str] | None = None,
@@ -141,4 +146,5 @@ def launch(module: str, home: MeshHome, log_dir: Path, workload: str, *, wrapper
         process = subprocess.Popen([*(wrapper or []), sys.executable, "-m", module], env=env, stdout=log,
                                    stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
                                    preexec_fn=die_with_parent)
-    return ServiceProcess(process, port, metrics_port, home, log_path, sidecar=settings.get("tls_mode") == "sidecar")
+    return ServiceProcess(process, port, metrics_port, home, log_path, sidecar=settings.get("tls_mode") == "sidecar",
+                          workers=int(settings.get("workers", 1)))

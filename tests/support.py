@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from modalmesh.home import MeshHome
-from modalmesh.launch import ServiceProcess, free_port, launch
+from modalmesh.launch import ServiceProcess, free_port, launch, metric  # noqa: F401 - tests import metric from here
 from services.runtime.settings import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -22,16 +22,6 @@ def start_service(module: str, home: MeshHome, tmp: Path, workload: str, **setti
         service.stop(5)
         raise
     return service
-
-
-def metric(text: str, name: str, **labels) -> float:
-    """The sum of the Prometheus samples called ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.02) -> None:

@@ -1,4 +1,7 @@
-"""Prometheus metrics of one service process, in a registry of its own (nothing filled at import)."""
+"""Prometheus metrics of one service process, in a registry of its own (nothing filled at import).
+
+Under several workers, PROMETHEUS_MULTIPROC_DIR is set and prometheus_client writes every sample to
+that folder as well; the supervisor serves them summed (the gauges' multiprocess_mode says how)."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ class Metrics:
         self.latency = Histogram("modalmesh_grpc_request_duration_seconds", "gRPC request latency",
                                  ["method"], buckets=_LATENCY_BUCKETS, **labels)
         self.queue_depth = Gauge("modalmesh_batcher_queue_depth", "Requests waiting in a model's batcher",
-                                 ["model"], **labels)
+                                 ["model"], multiprocess_mode="livesum", **labels)
         self.batch_size = Histogram("modalmesh_batch_size", "Rows per model execution",
                                     ["model"], buckets=_BATCH_BUCKETS, **labels)
         self.compute_time = Histogram("modalmesh_model_compute_seconds", "Model execution time per batch",
@@ -28,9 +31,11 @@ class Metrics:
                                 ["model", "reason"], **labels)
         # Generation (token streams): continuous batching across streams.
         self.active_sequences = Gauge("modalmesh_generation_active_sequences",
-                                      "Sequences in the running decode batch", ["model"], **labels)
+                                      "Sequences in the running decode batch", ["model"],
+                                      multiprocess_mode="livesum", **labels)
         self.waiting_sequences = Gauge("modalmesh_generation_waiting_sequences",
-                                       "Generation requests waiting to join the batch", ["model"], **labels)
+                                       "Generation requests waiting to join the batch", ["model"],
+                                       multiprocess_mode="livesum", **labels)
         self.generated_tokens = Counter("modalmesh_generated_tokens", "Tokens generated, all streams together",
                                         ["model"], **labels)
         self.decode_batch = Histogram("modalmesh_generation_decode_batch_size", "Sequences per decode step",
@@ -41,7 +46,9 @@ class Metrics:
         self.finished_sequences = Counter("modalmesh_generation_finished",
                                           "Generations ended, by reason (stop, length, cancelled, error)",
                                           ["model", "reason"], **labels)
-        self.info = Gauge("modalmesh_service_info", "Constant 1, labelled with the workload", ["workload"], **labels)
+        # With several workers (services/runtime/workers.py), one sample per live worker, by pid.
+        self.info = Gauge("modalmesh_service_info", "Constant 1, labelled with the workload", ["workload"],
+                          multiprocess_mode="liveall", **labels)
         self.info.labels(workload).set(1)
 
     def serve(self, host: str, port: int):

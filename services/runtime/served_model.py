@@ -12,6 +12,7 @@ import grpc
 
 from services.runtime.adapter import ModelAdapter, ModelDescription
 from services.runtime.batcher import BatchingConfig, DynamicBatcher
+from services.runtime.errors import Unavailable
 from services.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,11 @@ class ServedModel:
     @property
     def ready(self) -> bool:
         return self.state == "READY"
+
+    def require_ready(self) -> None:
+        """UNAVAILABLE (which clients and the mesh retry) for a call that comes while loading or closing."""
+        if self.state != "READY":
+            raise Unavailable(f"model {self.name} is {self.state.lower()}; health says SERVING once it can answer")
 
     # The Open Inference Protocol's view of the model: its tensors, batched along a first dimension.
     decoupled = False  # one response per request
@@ -73,6 +79,7 @@ class ServedModel:
 
     async def infer(self, rows: Sequence[Any], context: grpc.aio.ServicerContext | None = None) -> Sequence[Any]:
         """Run rows through the batcher, honouring the caller's deadline."""
+        self.require_ready()
         timeout = context.time_remaining() if context is not None else None
         return await self.batcher.submit(rows, timeout)
 

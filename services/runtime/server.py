@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from inference import grpc_service_pb2_grpc
-from services.runtime import tracing
+from services.runtime import tracing, workers
 from services.runtime.adapter import ModelAdapter
 from services.runtime.batcher import BatchingConfig
 from services.runtime.channels import channel_options
@@ -84,9 +84,12 @@ class ServiceServer:
         tracing_on = tracing.configure_tracing(settings.workload, settings.otlp_endpoint) is not None
         interceptor = MeshInterceptor(settings.workload, MeshPolicy.load(settings.policy_file), self.runtime.metrics,
                                       sidecar_mode=settings.tls_mode == "sidecar", tracing_on=tracing_on)
-        # The same message limits as the mesh's clients; no SO_REUSEPORT, so a taken port fails loudly.
+        # The same message limits as the mesh's clients. SO_REUSEPORT only among workers, whose
+        # supervisor checked the port free; a lone process fails loudly on a taken port.
+        reuse_port = int(workers.is_worker())
         self.server = grpc.aio.server(interceptors=[interceptor],
-                                      options=channel_options(settings.max_message_bytes) + [("grpc.so_reuseport", 0)])
+                                      options=channel_options(settings.max_message_bytes)
+                                      + [("grpc.so_reuseport", reuse_port)])
         for add, servicer, _ in self.service.servicers:
             add(servicer, self.server)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -113,10 +116,12 @@ class ServiceServer:
             return self.server.add_insecure_port(address)
         return self.server.add_secure_port(address, server_credentials(self.settings))
 
-    async def load_models(self) -> None:
+    async def load_models(self, then_start: bool = False) -> None:
         """Load and warm every model, then report SERVING (until then health says NOT_SERVING)."""
         for model in self.service.models:
             await model.load()
+        if then_start:
+            await self.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"grpc_port": self.port, "metrics_port": self.metrics_port,
                                    "models": [m.name for m in self.service.models]})
@@ -126,7 +131,8 @@ class ServiceServer:
         log.info("draining", extra={"delay_s": self.settings.drain_delay_s, "grace_s": self.settings.drain_grace_s})
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await asyncio.sleep(self.settings.drain_delay_s)
-        await self.server.stop(self.settings.drain_grace_s)
+        if self.server:   # a worker stopped before its models loaded never listened
+            await self.server.stop(self.settings.drain_grace_s)
         for model in self.service.models:
             await model.close()
         tracing.shutdown_tracing()
@@ -140,13 +146,16 @@ class ServiceServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        await self.start()
-        loader = asyncio.ensure_future(self.load_models())
+        listen_early = workers.listens_before_loading()
+        if listen_early:
+            await self.start()
+        loader = asyncio.ensure_future(self.load_models(then_start=not listen_early))
         stop = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait([loader, stop], return_when=asyncio.FIRST_COMPLETED)
         if loader.done() and loader.exception():
             log.error("model loading failed", exc_info=loader.exception())
-            await self.server.stop(0)
+            if self.server:
+                await self.server.stop(0)
             raise SystemExit(1)
         await stop
         loader.cancel()
@@ -157,6 +166,8 @@ def run_service(settings_type: type[ServiceSettings], build: Callable[[Runtime],
     """Entry point of a service process: read settings, serve until SIGTERM, drain, exit."""
     settings = settings_type()
     configure_logging(settings.workload, settings.log_level)
+    if settings.workers > 1 and not workers.is_worker():
+        raise SystemExit(workers.supervise(settings))
 
     async def main() -> None:
         await ServiceServer(settings, build).run_until_signalled()

@@ -43,6 +43,9 @@ class ServiceSettings(BaseSettings):
     max_queue_size: int = Field(1024, ge=1, description="Queued requests past which RESOURCE_EXHAUSTED")
     model_instances: int = Field(1, ge=1, le=64, description="Batches that run at once, each on its own thread")
     model_threads: int = Field(0, ge=0, description="Intra-op threads per process; 0 = cores / model_instances")
+    workers: int = Field(1, ge=1, le=64, description="Server processes sharing the gRPC port (SO_REUSEPORT), "
+                         "each with its own models and event loop: for small models whose process, not "
+                         "the model, is the limit (see services/runtime/workers.py)")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     precision: Precision = Field("auto", description="Models' default precision: 'auto' (float32 on the CPU, bfloat16 "
                                                "on a GPU that has it), 'float32', 'bfloat16' or 'float16'")

@@ -33,6 +33,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
 
     @property
     def _adapter(self) -> SentenceEmbedder:
+        self.embedder.require_ready()   # its tokenizer comes with the weights
         return self.embedder.adapter
 
     async def Embed(self, request: text_pb2.EmbedRequest, context) -> text_pb2.EmbedResponse:
