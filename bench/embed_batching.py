@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import os
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -252,10 +251,7 @@ class ServerProbe:
 
 def prometheus_batch_size(text: str) -> dict:
     """modalmesh_batch_size histogram (since the service started): count, sum and mean."""
-    values = {}
-    for key in ("count", "sum"):
-        match = re.search(rf"^modalmesh_batch_size_{key}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
-        values[key] = float(match.group(1)) if match else 0.0
+    values = {key: metric(text, f"modalmesh_batch_size_{key}") for key in ("count", "sum")}
     values["mean"] = round(values["sum"] / values["count"], 2) if values["count"] else 0.0
     return values
 
