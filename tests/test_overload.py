@@ -14,6 +14,7 @@ import pytest
 
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc as oip_grpc
+from modalmesh.launch import launch
 from modalmesh.v1 import text_pb2, text_pb2_grpc
 from tests.support import metric, start_service, wait_for
 
@@ -109,3 +110,31 @@ def test_sigterm_during_load_lets_every_in_flight_request_finish(pki, tmp_path):
     assert len(outcomes) == 24 and not failures, failures[:3]
     assert health_seen == ["NOT_SERVING", "SERVING"]
     assert re.search(r'"msg": "draining"', service.log()) and '"msg": "stopped"' in service.log()
+
+
+def test_a_call_while_the_model_loads_gets_unavailable(pki, tmp_path):
+    """The server listens (health answers NOT_SERVING) before its models are loaded: a call in that
+    window is refused with UNAVAILABLE, which clients and the mesh retry, never INTERNAL."""
+    service = launch("services.text", pki, tmp_path, "text", model_threads=2)
+    try:
+        with service.channel() as channel:
+            stub = text_pb2_grpc.TextServiceStub(channel)
+            wait_for(lambda: _health_or_none(service) is not None, timeout=60, interval=0.05)
+            before = _health_or_none(service)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Embed(LIGHT, timeout=10)
+            after = _health_or_none(service)
+        # Loading takes seconds and the call milliseconds; a window missed would be a wrong test, not a pass.
+        assert before == after == "NOT_SERVING", (before, after)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "loading" in refused.value.details()
+        service.wait_serving()
+    finally:
+        service.stop()
+
+
+def _health_or_none(service) -> str | None:
+    try:
+        return service.health()
+    except grpc.RpcError:
+        return None
