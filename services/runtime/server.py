@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -38,6 +38,10 @@ class Service:
     models: list[ServedModel]
     # (add_XServicer_to_server, servicer instance, full service name)
     servicers: list[tuple[Callable, object, str]] = field(default_factory=list)
+    # Work the process does beside answering calls (a bridge's subscription, an app's web server):
+    # started once the models are loaded, cancelled when draining. One that ends or fails ends the
+    # process with an error, so the supervisor (or Kubernetes) restarts it.
+    tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 class Runtime:
@@ -157,9 +161,22 @@ class ServiceServer:
             if self.server:
                 await self.server.stop(0)
             raise SystemExit(1)
-        await stop
+        tasks = [asyncio.ensure_future(task()) for task in self.service.tasks] if loader.done() else []
+        finished, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         loader.cancel()
+        failed = [t for t in finished if t is not stop]
+        for task in failed:
+            log.error("background task ended", exc_info=task.exception() if not task.cancelled() else None)
+        await _cancel(tasks)
         await self.drain()
+        if failed:
+            raise SystemExit(1)
+
+
+async def _cancel(tasks: list[asyncio.Future]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def run_service(settings_type: type[ServiceSettings], build: Callable[[Runtime], Service]) -> None:
