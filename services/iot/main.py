@@ -1,0 +1,71 @@
+"""The IoT service process: settings, the telemetry store, the ingest writer, the served models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+
+from modalmesh.v1 import iot_pb2_grpc
+from services.iot.asset_types import ASSET_TYPES
+from services.iot.ingest import IngestLimits, IngestMetrics, TelemetryIngest
+from services.iot.servicer import IoTServicer
+from services.iot.store import TelemetryStore, sqlite_url
+from services.runtime.server import Runtime, Service, run_service
+from services.runtime.settings import REPO_ROOT, ServiceSettings
+
+
+class IoTSettings(ServiceSettings):
+    workload: str = "iot"
+    grpc_port: int = Field(50061, ge=0, le=65535, description="0 picks a free port")
+    metrics_port: int = Field(9474, ge=-1, le=65535, description="Prometheus endpoint; -1 disables it")
+    data_dir: Path = Field(REPO_ROOT / ".modalmesh" / "data", description="Where the default SQLite database lives")
+    database_url: str = Field("", validation_alias=AliasChoices("MODALMESH_IOT_DATABASE_URL"),
+                              description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; "
+                                          "'' is the SQLite file <data_dir>/iot.sqlite3")
+    ingest_max_rows_per_batch: int = Field(10_000, ge=1, le=1_000_000, description="Rows one IngestRequest may carry")
+    ingest_stream_in_flight: int = Field(8, ge=1, le=1024, description="Batches of one stream awaiting their "
+                                         "commit; past it the stream stops reading (gRPC flow control)")
+    ingest_total_in_flight: int = Field(256, ge=1, description="Batches of all streams awaiting their commit; "
+                                        "past it a batch gets RESOURCE_EXHAUSTED")
+    anomaly_model: str = Field("", description="Anomaly model file; '' serves none (DetectAnomalies then "
+                                               "answers FAILED_PRECONDITION)")
+    remaining_life_model: str = Field("", description="Remaining-life model file; '' serves none")
+
+    def store_url(self) -> str:
+        return self.database_url or sqlite_url(self.data_dir / "iot.sqlite3")
+
+
+def build(runtime: Runtime) -> Service:
+    settings: IoTSettings = runtime.settings
+    store = TelemetryStore(settings.store_url(), ASSET_TYPES)
+    limits = IngestLimits(max_rows_per_batch=settings.ingest_max_rows_per_batch,
+                          per_stream=settings.ingest_stream_in_flight, total=settings.ingest_total_in_flight)
+    ingest = TelemetryIngest(store, limits, IngestMetrics(runtime.metrics))
+    anomaly = _anomaly_model(settings, runtime)
+    remaining_life = _remaining_life_model(settings, runtime)
+    servicer = IoTServicer(store, ingest, anomaly=anomaly, remaining_life=remaining_life)
+    return Service(models=[m for m in (anomaly, remaining_life) if m is not None], servicers=[
+        (iot_pb2_grpc.add_IoTServiceServicer_to_server, servicer, "modalmesh.v1.IoTService"),
+    ])
+
+
+def _anomaly_model(settings: IoTSettings, runtime: Runtime):
+    if not settings.anomaly_model:
+        return None
+    from services.iot.anomaly_model import AnomalyModel   # torch loads only when a model is served
+    return runtime.serve_model("pump-anomaly", AnomalyModel(settings.anomaly_model, device=settings.device,
+                                                             threads=settings.model_threads))
+
+
+def _remaining_life_model(settings: IoTSettings, runtime: Runtime):
+    if not settings.remaining_life_model:
+        return None
+    from services.iot.remaining_life import RemainingLifeModel
+    return runtime.serve_model("pump-remaining-life", RemainingLifeModel(settings.remaining_life_model,
+                                                                         device=settings.device,
+                                                                         threads=settings.model_threads))
+
+
+def main() -> None:
+    run_service(IoTSettings, build)

@@ -1,0 +1,172 @@
+"""modalmesh.v1.IoTService: asset registrations and telemetry in the store; anomaly scores and remaining
+life from the served models, batched across assets and callers by the shared runtime."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from modalmesh.v1 import common_pb2, iot_pb2, iot_pb2_grpc
+from services.iot.asset_types import AssetType, TelemetryWindow
+from services.iot.ingest import TelemetryIngest, check_asset_id
+from services.iot.store import AssetTypeConflict, StoredAsset, Telemetry, TelemetryStore, UnknownAsset
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.served_model import ServedModel
+
+DEFAULT_MAX_POINTS = 10_000
+MAX_POINTS = 100_000
+MAX_WINDOWS = 64
+MAX_ASSETS_PER_REQUEST = 1000
+TOP_SENSORS = 3
+
+
+class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
+    def __init__(self, store: TelemetryStore, ingest: TelemetryIngest, anomaly: ServedModel | None = None,
+                 remaining_life: ServedModel | None = None):
+        self.store = store
+        self.ingest = ingest
+        self.anomaly = anomaly
+        self.remaining_life = remaining_life
+
+    async def RegisterAsset(self, request: iot_pb2.RegisterAssetRequest, context) -> iot_pb2.RegisterAssetResponse:
+        check_asset_id(request.asset_id)
+        if request.asset_type not in self.store.asset_types:
+            raise InvalidArgument(("asset_type", f"unknown type {request.asset_type!r}; known: "
+                                                 f"{sorted(self.store.asset_types)}"))
+        try:
+            asset, created = await asyncio.to_thread(self.store.register, request.asset_id, request.asset_type)
+        except AssetTypeConflict as error:
+            raise FailedPrecondition(f"{error}; an asset keeps its type (register another id)") from None
+        return iot_pb2.RegisterAssetResponse(asset=_asset(asset), created=created)
+
+    async def ListAssets(self, request: iot_pb2.ListAssetsRequest, context) -> iot_pb2.ListAssetsResponse:
+        return iot_pb2.ListAssetsResponse(assets=[_asset(a) for a in self.store.assets()],
+                                          asset_types=[t.to_proto() for t in self.store.asset_types.values()])
+
+    async def Ingest(self, request_iterator, context):
+        async for acknowledgement in self.ingest.ingest(request_iterator):
+            yield acknowledgement
+
+    async def QueryTelemetry(self, request: iot_pb2.QueryTelemetryRequest, context) -> iot_pb2.QueryTelemetryResponse:
+        asset = self._asset(request.asset_id, "asset_id")
+        start, end, max_points = _query_bounds(request)
+        telemetry = await asyncio.to_thread(self.store.read_range, asset.asset_id, start, end)
+        shown = _thin(telemetry, max_points)
+        return iot_pb2.QueryTelemetryResponse(
+            asset_id=asset.asset_id, sensors=list(asset.asset_type.sensors),
+            timestamps_ms=_tensor(shown.timestamps_ms, common_pb2.DATA_TYPE_INT64),
+            values=_tensor(shown.values, common_pb2.DATA_TYPE_FP32),
+            matched_rows=len(telemetry))
+
+    async def DetectAnomalies(self, request: iot_pb2.DetectAnomaliesRequest,
+                              context) -> iot_pb2.DetectAnomaliesResponse:
+        model = _require(self.anomaly, "anomaly", "MODALMESH_ANOMALY_MODEL")
+        windows = request.windows or 1
+        if not 1 <= windows <= MAX_WINDOWS:
+            raise InvalidArgument(("windows", f"{windows} windows; ask for 1 to {MAX_WINDOWS}"))
+        assets = self._assets_with_rows(request.asset_ids, lambda a: a.asset_type.anomaly_window_rows)
+        scored = await asyncio.gather(*(self._score_windows(model, asset, windows, context) for asset in assets))
+        return iot_pb2.DetectAnomaliesResponse(assets=scored, model=model.model_info)
+
+    async def PredictRemainingLife(self, request: iot_pb2.PredictRemainingLifeRequest,
+                                   context) -> iot_pb2.PredictRemainingLifeResponse:
+        model = _require(self.remaining_life, "remaining-life", "MODALMESH_REMAINING_LIFE_MODEL")
+        model.require_ready()
+        assets = self._assets_with_rows(request.asset_ids, lambda a: model.adapter.min_rows)
+        estimates = await asyncio.gather(*(self._estimate_life(model, asset, context) for asset in assets))
+        return iot_pb2.PredictRemainingLifeResponse(assets=estimates, model=model.model_info)
+
+    # -- models over the latest windows -----------------------------------------------------------
+
+    async def _score_windows(self, model: ServedModel, asset: StoredAsset, windows: int,
+                             context) -> iot_pb2.AssetAnomalies:
+        width = asset.asset_type.anomaly_window_rows
+        latest = await asyncio.to_thread(self.store.read_latest, asset.asset_id, windows * width)
+        whole = len(latest) // width * width   # windows end at the latest row; a partial oldest one is left out
+        rows = [TelemetryWindow(latest.timestamps_ms[i:i + width], latest.values[i:i + width])
+                for i in range(len(latest) - whole, len(latest), width)]
+        results = await model.infer(rows, context)
+        return iot_pb2.AssetAnomalies(
+            asset_id=asset.asset_id,
+            windows=[iot_pb2.WindowScore(start_ms=int(w.timestamps_ms[0]), end_ms=int(w.timestamps_ms[-1]),
+                                         score=float(r.score), anomalous=bool(r.anomalous))
+                     for w, r in zip(rows, results)],
+            threshold=float(model.adapter.threshold),
+            top_sensors=_top_sensors(asset.asset_type, results[-1].contributions))
+
+    async def _estimate_life(self, model: ServedModel, asset: StoredAsset, context) -> iot_pb2.RemainingLife:
+        latest = await asyncio.to_thread(self.store.read_latest, asset.asset_id, asset.asset_type.window_rows)
+        (estimate,) = await model.infer([TelemetryWindow(latest.timestamps_ms, latest.values)], context)
+        return iot_pb2.RemainingLife(asset_id=asset.asset_id, cycles=estimate.cycles,
+                                     lower_cycles=estimate.lower_cycles, upper_cycles=estimate.upper_cycles,
+                                     coverage=estimate.coverage, as_of_ms=int(latest.timestamps_ms[-1]),
+                                     cycle_seconds=asset.asset_type.cycle_seconds)
+
+    # -- which assets ------------------------------------------------------------------------------
+
+    def _asset(self, asset_id: str, field: str) -> StoredAsset:
+        check_asset_id(asset_id, field)
+        try:
+            return self.store.asset(asset_id)
+        except UnknownAsset as error:
+            raise NotFound(f"{error}; call RegisterAsset first") from None
+
+    def _assets_with_rows(self, asset_ids, rows_needed) -> list[StoredAsset]:
+        """The assets asked for, each with enough telemetry; none asked: every asset that has enough."""
+        if not asset_ids:
+            return [a for a in self.store.assets() if a.stored_rows >= rows_needed(a)]
+        if len(asset_ids) > MAX_ASSETS_PER_REQUEST:
+            raise InvalidArgument(("asset_ids", f"{len(asset_ids)} assets; ask for at most {MAX_ASSETS_PER_REQUEST}"))
+        if len(set(asset_ids)) != len(asset_ids):
+            raise InvalidArgument(("asset_ids", "each asset may be asked for once"))
+        assets = [self._asset(asset_id, f"asset_ids[{i}]") for i, asset_id in enumerate(asset_ids)]
+        short = [f"{a.asset_id} has {a.stored_rows} rows and needs {rows_needed(a)}"
+                 for a in assets if a.stored_rows < rows_needed(a)]
+        if short:
+            raise FailedPrecondition("not enough telemetry: " + "; ".join(short))
+        return assets
+
+
+def _require(model: ServedModel | None, kind: str, setting: str) -> ServedModel:
+    if model is None:
+        raise FailedPrecondition(f"this IoT service serves no {kind} model ({setting} is empty)")
+    return model
+
+
+def _query_bounds(request: iot_pb2.QueryTelemetryRequest) -> tuple[int, int, int]:
+    """start_ms 0: from the first row; end_ms 0: to the last; max_points 0: the default."""
+    start, end = request.start_ms, request.end_ms or np.iinfo(np.int64).max
+    max_points = request.max_points or DEFAULT_MAX_POINTS
+    violations = []
+    if start < 0:
+        violations.append(("start_ms", f"{start} is negative"))
+    if end < start:
+        violations.append(("end_ms", f"{end} is before start_ms {start}"))
+    if not 1 <= max_points <= MAX_POINTS:
+        violations.append(("max_points", f"{max_points}; ask for 1 to {MAX_POINTS}"))
+    if violations:
+        raise InvalidArgument(violations)
+    return start, end, max_points
+
+
+def _thin(telemetry: Telemetry, max_points: int) -> Telemetry:
+    """At most max_points rows, evenly spaced over the matched ones, the first and last among them."""
+    if len(telemetry) <= max_points:
+        return telemetry
+    keep = np.unique(np.linspace(0, len(telemetry) - 1, max_points).round().astype(np.int64))
+    return Telemetry(telemetry.timestamps_ms[keep], telemetry.values[keep])
+
+
+def _top_sensors(asset_type: AssetType, contributions) -> list[str]:
+    order = np.argsort(-np.asarray(contributions, dtype=np.float64))
+    return [asset_type.sensors[i] for i in order[:TOP_SENSORS]]
+
+
+def _tensor(array: np.ndarray, dtype: int) -> common_pb2.Tensor:
+    return common_pb2.Tensor(dtype=dtype, shape=list(array.shape), data=np.ascontiguousarray(array).tobytes())
+
+
+def _asset(asset: StoredAsset) -> iot_pb2.Asset:
+    return iot_pb2.Asset(asset_id=asset.asset_id, type=asset.asset_type.to_proto(), stored_rows=asset.stored_rows,
+                         last_timestamp_ms=asset.last_timestamp_ms)
