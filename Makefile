@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 BENCH_PEERS_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status test test-fast lint manifests protos bench bench-peers clean
+.PHONY: help install system-packages up down status test test-fast lint manifests protos bench bench-peers clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,9 +30,12 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-install: $(STAMP) ## Install modalmesh and its tools into .venv (fast when nothing changed)
+install: $(STAMP) system-packages ## Install modalmesh and its tools into .venv (fast when nothing changed)
 
-up: $(STAMP) ## Install, then run the local mesh: every workload with mutual TLS (Ctrl-C stops it)
+system-packages: ## Install the Debian packages it runs (mosquitto, espeak-ng, sox, chromium) when one is missing
+	@bash scripts/system_packages.sh
+
+up: $(STAMP) system-packages ## Install, then run the local mesh: every workload with mutual TLS (Ctrl-C stops it)
 	$(VENV)/bin/modalmesh up
 
 down: ## Stop a mesh started with `modalmesh up --detach`
@@ -41,10 +44,10 @@ down: ## Stop a mesh started with `modalmesh up --detach`
 status: ## Show what the local mesh runs, where, and its health
 	$(VENV)/bin/modalmesh status
 
-test: $(STAMP) $(TRITON_VENV)/.installed node_modules/.installed ## Install, then run the whole test suite
+test: $(STAMP) system-packages $(TRITON_VENV)/.installed node_modules/.installed ## Install, then run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) $(TRITON_VENV)/.installed node_modules/.installed ## The test suite without tests marked slow
+test-fast: $(STAMP) system-packages $(TRITON_VENV)/.installed node_modules/.installed ## The test suite without tests marked slow
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP) node_modules/.installed ## Lint protos (buf), YAML (yamllint), the Dockerfile (hadolint); check generated manifests
