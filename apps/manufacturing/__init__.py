@@ -1,0 +1,1 @@
+"""The manufacturing predictive-maintenance twin app: asset twins, work orders and a live fleet dashboard."""
