@@ -28,6 +28,7 @@ MEDIA_KINDS = (INSPECTION, ACOUSTIC)
 _ASSET_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _ASSET_TYPE = re.compile(r"^[a-z0-9-]{1,64}$")
 MAX_ROWS = 10_000   # per telemetry message; larger batches are split by the publisher
+_FLOAT32_MAX = 3.4028234663852886e38   # IoTService stores float32
 
 
 class MalformedMessage(ValueError):
@@ -113,8 +114,8 @@ def decode_telemetry(payload: bytes, expected_sensors: tuple[str, ...]) -> Telem
     if not all(type(t) is int and t > 0 for t in timestamps):
         raise MalformedMessage("timestamps", "timestamps_ms must be positive integers (ms since the epoch)")
     if not all(isinstance(row, list) and len(row) == len(sensors)
-               and all(type(v) in (int, float) and math.isfinite(v) for v in row) for row in rows):
-        raise MalformedMessage("values", f"each row must hold {len(sensors)} finite numbers")
+               and all(type(v) in (int, float) and math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in row) for row in rows):
+        raise MalformedMessage("values", f"each row must hold {len(sensors)} finite float32 numbers")
     stamps = np.asarray(timestamps, dtype=np.int64)
     if np.any(np.diff(stamps) <= 0):
         raise MalformedMessage("timestamps", "timestamps_ms must be strictly increasing")
