@@ -1,9 +1,9 @@
 """Streaming ingest: check each batch, store it on one writer thread, acknowledge it once committed.
 
 A stream's batches are checked as they arrive (everything that does not depend on what is stored)
-and queued for the writer thread, which commits them one transaction each, in arrival order. Up to
-``per_stream`` batches of a stream wait for their commit: past that the stream stops reading, and
-gRPC's flow control slows the client. Past ``total`` batches waiting across all streams, a new batch
+and queued for the writer thread (services/iot/writer.py), which commits them in arrival order, each
+whole, several in one transaction when they pile up. Up to ``per_stream`` batches of a stream wait
+for their commit: past that the stream stops reading, and gRPC's flow control slows the client. Past ``total`` batches waiting across all streams, a new batch
 is refused with RESOURCE_EXHAUSTED so a crowd of clients cannot hold unbounded memory.
 
 A bad batch ends its stream: the acknowledgements of the batches before it are sent first, then
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,12 +22,14 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from modalmesh.v1 import common_pb2, iot_pb2
 from services.iot.store import NotAfterStored, StoredAsset, TelemetryStore, UnknownAsset
+from services.iot.writer import GroupCommit, StoreWriter, StreamState
 from services.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.runtime.metrics import Metrics
 
 ASSET_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 VALUE_DTYPES = {common_pb2.DATA_TYPE_FP32: np.dtype("<f4"), common_pb2.DATA_TYPE_FP64: np.dtype("<f8")}
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -57,10 +57,20 @@ class IngestMetrics:
         self.batches = Counter("modalmesh_iot_ingested_batches", "Telemetry batches committed", registry=registry)
         self.refused = Counter("modalmesh_iot_refused_batches", "Batches not stored, by reason", ["reason"],
                                registry=registry)
-        self.commit_time = Histogram("modalmesh_iot_store_commit_seconds", "Store time of one batch's transaction",
+        self.commit_time = Histogram("modalmesh_iot_store_commit_seconds",
+                                     "Time of one store transaction (one or more batches, group commit)",
                                      buckets=_COMMIT_BUCKETS, registry=registry)
+        self.commit_batches = Histogram("modalmesh_iot_store_commit_batches", "Batches per store transaction",
+                                        buckets=_GROUP_BUCKETS, registry=registry)
         self.in_flight = Gauge("modalmesh_iot_in_flight_batches", "Batches waiting for their commit",
                                multiprocess_mode="livesum", registry=registry)
+
+    def committed(self, commit: GroupCommit) -> None:
+        """On the writer thread, after each transaction (prometheus_client is thread-safe)."""
+        self.rows.inc(commit.rows)
+        self.batches.inc(commit.batches)
+        self.commit_time.observe(commit.seconds)
+        self.commit_batches.observe(commit.batches)
 
 
 # -- checks of one batch ---------------------------------------------------------------------------
@@ -128,14 +138,7 @@ def _array(tensor: common_pb2.Tensor, dtype: np.dtype, field: str, where: str) -
     return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
 
 
-# -- the writer and the streams ------------------------------------------------------------------
-
-
-class _Stream:
-    """One Ingest call's state shared with the writer thread."""
-
-    def __init__(self):
-        self.failed = False   # set on the first refused batch: the writer skips what the stream queued after it
+# -- the streams ------------------------------------------------------------------------------------
 
 
 class TelemetryIngest:
@@ -143,16 +146,14 @@ class TelemetryIngest:
         self.store = store
         self.limits = limits
         self.metrics = metrics
-        # One writer: SQLite takes one writer at a time anyway, and one thread keeps each asset's
-        # batches in arrival order without locks between them.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iot-store-writer")
+        self.writer = StoreWriter(store, on_commit=metrics.committed)
         self._in_flight = 0
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)   # what was queued is committed before the store closes
+        self.writer.close()   # what was queued is committed before the store closes
 
     async def ingest(self, requests: AsyncIterator[iot_pb2.IngestRequest]) -> AsyncIterator[iot_pb2.IngestResponse]:
-        stream = _Stream()
+        stream = StreamState()
         # Commits waiting to be acknowledged, in order; an exception ends the stream after those before it.
         pending: asyncio.Queue = asyncio.Queue()
         slots = asyncio.Semaphore(self.limits.per_stream)
@@ -171,7 +172,7 @@ class TelemetryIngest:
             stream.failed = stream.failed or not reader.done()   # the client left: store nothing more
             reader.cancel()
 
-    async def _read(self, requests, stream: _Stream, pending: asyncio.Queue, slots: asyncio.Semaphore) -> None:
+    async def _read(self, requests, stream: StreamState, pending: asyncio.Queue, slots: asyncio.Semaphore) -> None:
         """Check and queue each batch; then None, or the error that ends the stream."""
         previous: int | None = None
         try:
@@ -207,31 +208,18 @@ class TelemetryIngest:
             self.metrics.refused.labels("invalid").inc()
             raise
 
-    def _submit(self, stream: _Stream, batch: TelemetryBatch) -> asyncio.Future:
+    def _submit(self, stream: StreamState, batch: TelemetryBatch) -> asyncio.Future:
         self._in_flight += 1
         self.metrics.in_flight.inc()
-        commit = asyncio.get_running_loop().run_in_executor(self._writer, self._store, stream, batch)
+        commit = self.writer.submit(stream, batch.asset_id, batch.timestamps_ms, batch.values)
         commit.add_done_callback(self._landed)
         return commit
 
-    def _landed(self, _commit: asyncio.Future) -> None:
+    def _landed(self, commit: asyncio.Future) -> None:
         self._in_flight -= 1
         self.metrics.in_flight.dec()
-
-    def _store(self, stream: _Stream, batch: TelemetryBatch) -> StoredAsset | None:
-        """On the writer thread: one transaction, unless an earlier batch of the stream was refused."""
-        if stream.failed:
-            return None
-        started = time.perf_counter()
-        try:
-            asset = self.store.append(batch.asset_id, batch.timestamps_ms, batch.values)
-        except BaseException:
-            stream.failed = True
-            raise
-        self.metrics.commit_time.observe(time.perf_counter() - started)
-        self.metrics.rows.inc(len(batch.timestamps_ms))
-        self.metrics.batches.inc()
-        return asset
+        if not commit.cancelled():
+            commit.exception()   # retrieved: a stream that ended early never awaits its later commits
 
     async def _committed(self, batch: TelemetryBatch, commit: asyncio.Future) -> StoredAsset:
         try:

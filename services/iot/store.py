@@ -6,10 +6,11 @@ ingested batch, its timestamps and values packed as little-endian arrays, indexe
 running row number and by time. Ingest then costs one INSERT and one UPDATE per batch, whatever
 its length; a time range or the latest N rows of an asset is an index range scan over a few chunks.
 
-Each ``append`` is one transaction. On SQLite the database runs in WAL mode with
+A batch is stored whole in one transaction or not at all; when batches pile up, the writer commits
+several in one transaction (group commit). On SQLite the database runs in WAL mode with
 ``synchronous=FULL``: a commit returns after the WAL is fsynced, so an acknowledged batch survives
 kill -9 of the process and a power cut too (NORMAL would survive only the former). A commit costs
-one fsync whatever the batch size, so batches of hundreds of rows make it cheap.
+one fsync whatever it holds, so large batches and group commit make it cheap per row.
 
 Several processes may share one database (PostgreSQL, or replicas of the service): the asset row's
 ``stored_rows`` is the append's precondition (compare-and-set), so a writer that raced another one
@@ -18,9 +19,10 @@ reloads the asset and checks the order again instead of storing rows out of orde
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -102,8 +104,8 @@ class NotAfterStored(ValueError):
         self.last_timestamp_ms = asset.last_timestamp_ms
 
 
-class _Raced(Exception):
-    """Another writer appended to the asset since this process last read it."""
+class AppendRaced(Exception):
+    """Another process appended to an asset since this one last read it: reload, then check again."""
 
 
 class TelemetryStore:
@@ -151,47 +153,29 @@ class TelemetryStore:
     # -- telemetry ---------------------------------------------------------------------------
 
     def append(self, asset_id: str, timestamps_ms: np.ndarray, values: np.ndarray) -> StoredAsset:
-        """Store one batch in one transaction; it must start after the asset's last stored row.
-
-        The batch itself was checked (strictly increasing timestamps, finite values of the asset's
-        sensor count) before it came here; this checks only what depends on what is stored.
-        """
-        timestamps_ms = np.ascontiguousarray(timestamps_ms, dtype=TIMESTAMP_DTYPE)
-        values = np.ascontiguousarray(values, dtype=VALUE_DTYPE)
-        with self._lock:   # one append at a time per process: the compare-and-set below rarely fails
-            asset = self.asset(asset_id)
-            for _ in range(2):   # a second try after another process appended to the same asset
-                if asset.stored_rows and timestamps_ms[0] <= asset.last_timestamp_ms:
-                    raise NotAfterStored(asset, int(timestamps_ms[0]))
-                stored = self._try_append(asset, timestamps_ms, values)
-                if stored is not None:
-                    self._assets[asset_id] = stored
-                    return stored
-                asset = self._reload(asset_id)
+        """Store one batch in a transaction of its own (see ``appending`` for several)."""
+        for _ in range(2):   # a second try after another process appended to the same asset
+            try:
+                with self.appending() as transaction:
+                    return transaction.append(asset_id, timestamps_ms, values)
+            except AppendRaced:
+                self._reload(asset_id)
         raise RuntimeError(f"asset {asset_id!r} is being appended to by another writer; retry")
 
-    def _try_append(self, asset: StoredAsset, timestamps_ms: np.ndarray, values: np.ndarray) -> StoredAsset | None:
-        rows = len(timestamps_ms)
-        first_ts, last_ts = int(timestamps_ms[0]), int(timestamps_ms[-1])
-        stored = replace(asset, stored_rows=asset.stored_rows + rows, last_timestamp_ms=last_ts,
-                         first_timestamp_ms=asset.first_timestamp_ms if asset.stored_rows else first_ts)
-        try:
+    @contextlib.contextmanager
+    def appending(self) -> Iterator[AppendTransaction]:
+        """One transaction for one or more batches (group commit: one fsync for all of them).
+
+        Each batch is stored whole or not at all: ``append`` checks its order before writing
+        anything, so a refused batch leaves the transaction as it was and the others commit.
+        AppendRaced (another process appended meanwhile) rolls the whole transaction back.
+        """
+        with self._lock:   # one transaction at a time per process: the compare-and-set rarely fails
             with self.engine.begin() as connection:
-                claimed = connection.execute(
-                    update(assets_table)
-                    .where(assets_table.c.asset_id == asset.asset_id,
-                           assets_table.c.stored_rows == asset.stored_rows)
-                    .values(stored_rows=stored.stored_rows, first_timestamp_ms=stored.first_timestamp_ms,
-                            last_timestamp_ms=last_ts))
-                if claimed.rowcount != 1:
-                    raise _Raced()   # rolls the transaction back
-                connection.execute(chunks_table.insert().values(
-                    asset_id=asset.asset_id, first_row=asset.stored_rows, row_count=rows,
-                    sensor_count=values.shape[1], first_timestamp_ms=first_ts, last_timestamp_ms=last_ts,
-                    timestamps_blob=timestamps_ms.tobytes(), values_blob=values.tobytes()))
-        except _Raced:
-            return None
-        return stored
+                transaction = AppendTransaction(self, connection)
+                yield transaction
+                transaction.write()
+            self._assets.update(transaction.stored)   # only once committed
 
     def read_range(self, asset_id: str, start_ms: int, end_ms: int) -> Telemetry:
         """Rows with start_ms <= timestamp <= end_ms."""
@@ -248,6 +232,52 @@ class TelemetryStore:
                                f"know (known: {sorted(self.asset_types)})")
         return StoredAsset(row.asset_id, self.asset_types[row.asset_type], row.stored_rows,
                            row.first_timestamp_ms, row.last_timestamp_ms)
+
+
+class AppendTransaction:
+    """Batches appended in one open transaction, written together when it commits: one INSERT of all
+    their chunks and one compare-and-set UPDATE per asset, whatever the number of batches."""
+
+    def __init__(self, store: TelemetryStore, connection: Connection):
+        self.store = store
+        self.connection = connection
+        self.stored: dict[str, StoredAsset] = {}   # assets as this transaction leaves them
+        self._chunks: list[dict] = []
+
+    def append(self, asset_id: str, timestamps_ms: np.ndarray, values: np.ndarray) -> StoredAsset:
+        """Add one batch that starts after the asset's last stored row, else NotAfterStored (nothing added).
+
+        The batch itself was checked (strictly increasing timestamps, finite values of the asset's
+        sensor count) before it came here; this checks only what depends on what is stored.
+        """
+        asset = self.stored.get(asset_id) or self.store.asset(asset_id)
+        timestamps_ms = np.ascontiguousarray(timestamps_ms, dtype=TIMESTAMP_DTYPE)
+        values = np.ascontiguousarray(values, dtype=VALUE_DTYPE)
+        first_ts, last_ts = int(timestamps_ms[0]), int(timestamps_ms[-1])
+        if asset.stored_rows and first_ts <= asset.last_timestamp_ms:
+            raise NotAfterStored(asset, first_ts)
+        self._chunks.append(dict(
+            asset_id=asset_id, first_row=asset.stored_rows, row_count=len(timestamps_ms),
+            sensor_count=values.shape[1], first_timestamp_ms=first_ts, last_timestamp_ms=last_ts,
+            timestamps_blob=timestamps_ms.tobytes(), values_blob=values.tobytes()))
+        self.stored[asset_id] = after = replace(
+            asset, stored_rows=asset.stored_rows + len(timestamps_ms), last_timestamp_ms=last_ts,
+            first_timestamp_ms=asset.first_timestamp_ms if asset.stored_rows else first_ts)
+        return after
+
+    def write(self) -> None:
+        """Just before the commit: claim each asset at the row count this process knows, then insert."""
+        for asset_id, after in self.stored.items():
+            before = self.store.asset(asset_id)
+            claimed = self.connection.execute(
+                update(assets_table)
+                .where(assets_table.c.asset_id == asset_id, assets_table.c.stored_rows == before.stored_rows)
+                .values(stored_rows=after.stored_rows, first_timestamp_ms=after.first_timestamp_ms,
+                        last_timestamp_ms=after.last_timestamp_ms))
+            if claimed.rowcount != 1:
+                raise AppendRaced(asset_id)
+        if self._chunks:
+            self.connection.execute(chunks_table.insert(), self._chunks)
 
 
 def sqlite_url(path: str | Path) -> str:
