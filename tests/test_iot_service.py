@@ -323,3 +323,25 @@ def test_model_rpcs_without_models_are_failed_precondition(iot):
             call(request)
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "MODEL" in error.value.details()
+
+
+def test_past_the_in_flight_limit_a_batch_is_resource_exhausted_and_earlier_ones_stay(pki, tmp_path):
+    """One batch may wait for the store across all streams: a stream that pipelines 50 finds it full."""
+    service = start_service("services.iot", pki, tmp_path, "iot", iot_database_url=f"sqlite:///{tmp_path}/iot.sqlite3",
+                            ingest_total_in_flight=1)
+    try:
+        with service.channel() as channel:
+            iot = iot_pb2_grpc.IoTServiceStub(channel)
+            asset_id = new_asset(iot)
+            timestamps, values = rows(50 * 20)
+            acks, error = ingest(iot, [batch(asset_id, i, timestamps[i * 20:(i + 1) * 20], values[i * 20:(i + 1) * 20])
+                                       for i in range(50)])
+            assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+            assert "retry" in error.details()
+            assert [a.sequence for a in acks] == list(range(len(acks))) and len(acks) < 50
+            reply, got_t, _ = query(iot, asset_id)
+            assert reply.matched_rows == 20 * len(acks) == stored_rows(iot, asset_id)
+            np.testing.assert_array_equal(got_t, timestamps[:20 * len(acks)])
+        assert service.health() == "SERVING"
+    finally:
+        assert service.stop() == 0, service.log_tail()
