@@ -1,0 +1,199 @@
+"""Surface inspection: a small UNet segments defects; connected components of its mask become defects.
+
+The network is trained by scripts/train_defect_model.py on synthetic surfaces (services/vision/textures.py)
+and ships in services/vision/models/surface-defects/ (weights in safetensors, provenance.json beside them).
+It is fully convolutional: it runs on images of any size, at their own resolution, so a 1-pixel scratch is
+never resized away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from services.runtime.adapter import ModelAdapter, ModelDescription, TensorSpec
+from services.runtime.devices import configure_threads, pick_device
+from services.vision.images import ImageLimits
+from services.vision.textures import CLASSES
+
+SURFACE_DEFECTS = "surface-defects"
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+WEIGHTS_FILE = "model.safetensors"
+PROVENANCE_FILE = "provenance.json"
+
+# Components smaller than this are sensor noise, not defects (the smallest synthetic scratch is ~20 px).
+MIN_DEFECT_PIXELS = 8
+# The UNet pools twice: inputs are padded to a multiple of this.
+SIZE_MULTIPLE = 4
+# Pixels run through the network at once: its activations take ~100 bytes a pixel, so a batch of
+# large images is split rather than allocating gigabytes.
+BATCH_PIXELS = 4 * 1024 * 1024
+PIXEL_SCALE = 32.0
+
+
+class TinyUNet(nn.Module):
+    """Two poolings, skip connections, a class per pixel. ~30k parameters at width 12."""
+
+    def __init__(self, width: int = 12, classes: int = len(CLASSES)):
+        super().__init__()
+        w1, w2, w3 = width, 2 * width, 4 * width
+        self.enc1 = _block(3, w1)
+        self.enc2 = _block(w1, w2)
+        self.bottom = _block(w2, w3)
+        self.dec2 = _block(w3 + w2, w2)
+        self.dec1 = _block(w2 + w1, w1)
+        self.head = nn.Conv2d(w1, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
+        b = self.bottom(nn.functional.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([nn.functional.interpolate(b, scale_factor=2.0), e2], 1))
+        d1 = self.dec1(torch.cat([nn.functional.interpolate(d2, scale_factor=2.0), e1], 1))
+        return self.head(d1)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3] → float32 [N, 3, H, W], each image and channel centred on its mean.
+
+    The mean per image, so paint colour and overall brightness do not matter; a fixed scale, not the
+    image's own spread, so the faint shading of a smooth painted part is not inflated into a stain.
+    """
+    x = images.astype(np.float32).transpose(0, 3, 1, 2)
+    return (x - x.mean(axis=(2, 3), keepdims=True)) / PIXEL_SCALE
+
+
+@dataclass(frozen=True)
+class FoundDefect:
+    kind: str
+    box: tuple[int, int, int, int]   # x, y, width, height
+    score: float                     # highest defect probability inside it
+    pixels: int
+
+
+@dataclass(frozen=True)
+class Inspection:
+    mask: np.ndarray               # uint8 [H, W] class ids of CLASSES
+    defects: list[FoundDefect]
+    defect_score: float            # highest score of a defect, 0 when there is none
+
+
+def defects_from_probabilities(probabilities: np.ndarray, min_pixels: int = MIN_DEFECT_PIXELS) -> Inspection:
+    """[C, H, W] class probabilities → mask, and one defect per connected component of defect pixels.
+
+    A component's class is the defect class with the most probability mass inside it, so a crack
+    whose pixels are split between "crack" and "scratch" is still one crack.
+    """
+    labels = probabilities.argmax(0).astype(np.uint8)
+    defect = (labels > 0).astype(np.uint8)
+    # Close one-pixel gaps so a thin line the model sees in pieces stays one defect.
+    defect = cv2.morphologyEx(defect, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    count, components, stats, _ = cv2.connectedComponentsWithStats(defect, connectivity=8)
+    defect_probability = 1.0 - probabilities[0]
+    mask = np.zeros_like(labels)
+    found = []
+    for i in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if area < min_pixels:
+            continue
+        inside = components[y:y + h, x:x + w] == i
+        mass = probabilities[1:, y:y + h, x:x + w][:, inside].sum(axis=1)
+        class_id = int(mass.argmax()) + 1
+        mask[y:y + h, x:x + w][inside] = class_id
+        score = float(defect_probability[y:y + h, x:x + w][inside].max())
+        found.append(FoundDefect(CLASSES[class_id], (x, y, w, h), score, area))
+    found.sort(key=lambda d: -d.score)
+    return Inspection(mask, found, max((d.score for d in found), default=0.0))
+
+
+class SurfaceDefectModel(ModelAdapter):
+    """Rows: uint8 RGB images [H, W, 3] of any size. Results: one Inspection per row."""
+
+    # Open Inference Protocol view: a batch of same-size RGB images in; class masks and scores out.
+    inputs = (TensorSpec("IMAGE", "UINT8", (-1, -1, 3)),)
+    outputs = (TensorSpec("MASK", "UINT8", (-1, -1)), TensorSpec("DEFECT_SCORE", "FP32", (1,)))
+
+    def __init__(self, path: Path | str = MODELS_DIR / SURFACE_DEFECTS, device: str = "auto", threads: int = 0,
+                 instances: int = 1, limits: ImageLimits = ImageLimits()):
+        self.path = Path(path)
+        self.limits = limits
+        self.device = pick_device(device)
+        self.threads = threads
+        self.instances = instances
+        self.network: TinyUNet | None = None
+        self._description: ModelDescription | None = None
+
+    def load(self) -> None:
+        from safetensors.torch import load_file
+
+        configure_threads(self.threads, self.instances)
+        provenance = json.loads((self.path / PROVENANCE_FILE).read_text())
+        weights = self.path / WEIGHTS_FILE
+        self.network = TinyUNet(width=int(provenance["width"]))
+        self.network.load_state_dict(load_file(str(weights)))
+        self.network.to(self.device).eval()
+        heldout = provenance["heldout"]["instances"]["overall"]
+        self._description = ModelDescription(
+            name=SURFACE_DEFECTS,
+            version=hashlib.sha256(weights.read_bytes()).hexdigest()[:12],
+            provenance=(f"trained by scripts/train_defect_model.py on synthetic surfaces (seed {provenance['seed']}); "
+                        f"held-out defect F1 {heldout['f1']:.3f}, precision {heldout['precision']:.3f}, "
+                        f"recall {heldout['recall']:.3f}"),
+            device=str(self.device), dtype="float32")
+
+    def warm_up(self) -> None:
+        rng = np.random.default_rng(0)
+        self.run_batch([rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(4)])
+
+    def describe(self) -> ModelDescription:
+        return self._description
+
+    def close(self) -> None:
+        self.network = None
+
+    def run_batch(self, rows: Sequence[np.ndarray]) -> list[Inspection]:
+        """Rows of one size run as one tensor (up to BATCH_PIXELS); other sizes run as separate groups."""
+        results: list[Inspection | None] = [None] * len(rows)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(row.shape, []).append(i)
+        for shape, indices in groups.items():
+            chunk = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
+            for start in range(0, len(indices), chunk):
+                part = indices[start:start + chunk]
+                for i, p in zip(part, self.probabilities(np.stack([rows[i] for i in part]))):
+                    results[i] = defects_from_probabilities(p)
+        return results
+
+    def rows_from_tensors(self, tensors: dict[str, np.ndarray]) -> list[np.ndarray]:
+        images = tensors["IMAGE"]
+        self.limits.check(images.shape[2], images.shape[1], "IMAGE")
+        return list(images)
+
+    def tensors_from_results(self, results: Sequence[Inspection]) -> dict[str, np.ndarray]:
+        return {"MASK": np.stack([r.mask for r in results]),
+                "DEFECT_SCORE": np.array([[r.defect_score] for r in results], np.float32)}
+
+    @torch.inference_mode()
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3] → float32 [N, C, H, W] class probabilities."""
+        n, h, w, _ = images.shape
+        x = torch.from_numpy(normalize(images)).to(self.device)
+        pad_h, pad_w = -h % SIZE_MULTIPLE, -w % SIZE_MULTIPLE
+        if pad_h or pad_w:
+            x = nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        logits = self.network(x)[:, :, :h, :w]
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
