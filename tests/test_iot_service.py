@@ -11,6 +11,7 @@ import pytest
 
 from modalmesh.v1 import common_pb2, iot_pb2, iot_pb2_grpc
 from services.iot.asset_types import CENTRIFUGAL_PUMP
+from services.iot.store import NotAfterStored, TelemetryStore, sqlite_url
 from services.runtime.errors import bad_request_of
 from tests.support import metric, start_service
 
@@ -345,3 +346,40 @@ def test_past_the_in_flight_limit_a_batch_is_resource_exhausted_and_earlier_ones
         assert service.health() == "SERVING"
     finally:
         assert service.stop() == 0, service.log_tail()
+
+
+# -- the store in-process: what the service's reads and several writers rely on ------------------
+
+
+def test_latest_rows_span_chunk_boundaries(tmp_path):
+    store = TelemetryStore(sqlite_url(tmp_path / "iot.sqlite3"), {PUMP: CENTRIFUGAL_PUMP})
+    store.register("pump", PUMP)
+    timestamps, values = rows(1000, seed=8)
+    for start in range(0, 1000, 70):   # chunks of 70 rows, the last one of 20
+        store.append("pump", timestamps[start:start + 70], values[start:start + 70])
+    for n in (1, 69, 70, 71, 500, 1000, 5000):
+        latest = store.read_latest("pump", n)
+        np.testing.assert_array_equal(latest.timestamps_ms, timestamps[-n:])
+        np.testing.assert_array_equal(latest.values, values[-n:].astype(np.float32))
+    assert len(store.read_latest("pump", 0)) == 0
+    store.close()
+
+
+def test_two_stores_on_one_database_never_store_rows_twice_or_out_of_order(tmp_path):
+    """As two service processes (or replicas on PostgreSQL) would: each append claims the asset's row count."""
+    url = sqlite_url(tmp_path / "iot.sqlite3")
+    first, second = TelemetryStore(url, {PUMP: CENTRIFUGAL_PUMP}), TelemetryStore(url, {PUMP: CENTRIFUGAL_PUMP})
+    first.register("pump", PUMP)
+    assert second.register("pump", PUMP)[1] is False   # sees the registration the other made
+    timestamps, values = rows(30)
+    first.append("pump", timestamps[:10], values[:10])
+    with pytest.raises(NotAfterStored):   # second still thinks nothing is stored: it reloads, then refuses
+        second.append("pump", timestamps[5:15], values[5:15])
+    assert second.append("pump", timestamps[10:20], values[10:20]).stored_rows == 20
+    with pytest.raises(NotAfterStored):
+        first.append("pump", timestamps[10:20], values[10:20])
+    assert first.append("pump", timestamps[20:], values[20:]).stored_rows == 30
+    third = TelemetryStore(url, {PUMP: CENTRIFUGAL_PUMP})
+    np.testing.assert_array_equal(third.read_range("pump", 0, 2**62).timestamps_ms, timestamps)
+    for store in (first, second, third):
+        store.close()
