@@ -335,8 +335,8 @@ def test_past_the_in_flight_limit_a_batch_is_resource_exhausted_and_earlier_ones
             iot = iot_pb2_grpc.IoTServiceStub(channel)
             asset_id = new_asset(iot)
             timestamps, values = rows(50 * 20)
-            acks, error = ingest(iot, [batch(asset_id, i, timestamps[i * 20:(i + 1) * 20], values[i * 20:(i + 1) * 20])
-                                       for i in range(50)])
+            acks, error = ingest(iot, [batch(asset_id, i, timestamps[i * 20:(i + 1) * 20],
+                                             values[i * 20:(i + 1) * 20]) for i in range(50)])
             assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
             assert "retry" in error.details()
             assert [a.sequence for a in acks] == list(range(len(acks))) and len(acks) < 50

@@ -3,8 +3,9 @@
 A stream's batches are checked as they arrive (everything that does not depend on what is stored)
 and queued for the writer thread (services/iot/writer.py), which commits them in arrival order, each
 whole, several in one transaction when they pile up. Up to ``per_stream`` batches of a stream wait
-for their commit: past that the stream stops reading, and gRPC's flow control slows the client. Past ``total`` batches waiting across all streams, a new batch
-is refused with RESOURCE_EXHAUSTED so a crowd of clients cannot hold unbounded memory.
+for their commit: past that the stream stops reading, and gRPC's flow control slows the client.
+Past ``total`` batches waiting across all streams, a new batch is refused with RESOURCE_EXHAUSTED,
+so a crowd of clients cannot hold unbounded memory.
 
 A bad batch ends its stream: the acknowledgements of the batches before it are sent first, then
 INVALID_ARGUMENT naming it; none of its rows, and nothing the stream sent after it, is stored.
