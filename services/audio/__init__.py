@@ -1,0 +1,1 @@
+"""The audio service: voice activity, speech recognition, machine-sound anomalies, speech synthesis."""
