@@ -51,6 +51,7 @@ def telemetry(message) -> tuple[str, topics.TelemetryBatch]:
     return topics.parse_topic(message.topic).asset_id, topics.decode_telemetry(message.payload, SENSORS)
 
 
+@pytest.mark.slow
 def test_machines_publish_telemetry_images_and_sounds(pki, broker, tmp_path):
     bridge = broker.subscriber("mqtt-bridge", topics.topic_filter(topics.TELEMETRY))
     app = broker.subscriber("manufacturing", "modalmesh/fleet/#")
