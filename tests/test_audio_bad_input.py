@@ -22,7 +22,7 @@ WAV, FLAC = audio_pb2.AUDIO_ENCODING_WAV, audio_pb2.AUDIO_ENCODING_FLAC
 
 @pytest.fixture(scope="module")
 def audio_service(pki, tmp_path_factory):
-    service = start_service("services.audio", pki, tmp_path_factory.mktemp("audio-bad"), "audio",
+    service = start_service("services.audio", pki, tmp_path_factory.mktemp("audio-bad"), "audio", model_threads=1,
                             transcription_max_streams=2, transcription_max_seconds=5)
     yield service
     assert service.health() == "SERVING"

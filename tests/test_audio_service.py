@@ -26,7 +26,7 @@ COMMANDS = ["start the pump", "stop the motor", "open the valve", "close the val
 
 @pytest.fixture(scope="module")
 def audio_service(pki, tmp_path_factory):
-    service = start_service("services.audio", pki, tmp_path_factory.mktemp("audio"), "audio")
+    service = start_service("services.audio", pki, tmp_path_factory.mktemp("audio"), "audio", model_threads=1)
     yield service
     assert service.stop() == 0, service.log_tail()
 

@@ -23,6 +23,11 @@ class AudioSettings(ServiceSettings):
     workload: str = "audio"
     grpc_port: int = Field(50071, ge=0, le=65535)
     metrics_port: int = Field(9484, ge=-1, le=65535)
+    # The service's torch models are small and sequential (an LSTM stepping through 32 ms chunks, a
+    # 100k-parameter autoencoder): a second intra-op thread costs them more in synchronisation than it
+    # gives (Silero VAD ran 20 times slower with 2 threads on a shared 2-vCPU machine). Concurrency
+    # comes from MODALMESH_MODEL_INSTANCES; raise this for a Whisper model.
+    model_threads: int = Field(1, ge=0, description="Intra-op threads per process; 0 = cores / model_instances")
     transcription_model: str = Field(POCKETSPHINX, description="'pocketsphinx' (shipped in its package), or a "
                                      "Whisper-class model by Hugging Face id in the local cache or local path")
     transcription_precision: Precision | None = Field(None, description="Overrides MODALMESH_PRECISION for Whisper")

@@ -40,7 +40,9 @@ class SileroVoiceDetector(ModelAdapter):
         self._local = threading.local()
 
     def load(self) -> None:
-        configure_threads(self.threads, self.instances)
+        import silero_vad  # noqa: F401 - importing it sets torch's threads to 1 for the whole process
+
+        configure_threads(self.threads, self.instances)   # the service's setting holds, whatever the import did
         self._model()
 
     def _model(self):
