@@ -166,7 +166,8 @@ async def _drive(target, certificate, assets, rows, window, measure_from, measur
 def measure_service(rows: int, args, pki: MeshHome, tmp: Path) -> dict:
     database = sqlite_url(tmp / f"service-{rows}.sqlite3")
     with running_service("services.iot", "iot", pki, tmp, iot_database_url=database,
-                         ingest_stream_in_flight=args.window) as service:
+                         ingest_stream_in_flight=args.window, anomaly_model="",
+                         remaining_life_model="") as service:
         service.wait_serving()
         assets = [f"bench-pump-{i}" for i in range(args.streams)]
         with service.channel() as channel:

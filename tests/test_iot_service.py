@@ -14,12 +14,14 @@ from services.iot.asset_types import CENTRIFUGAL_PUMP
 from services.iot.store import NotAfterStored, TelemetryStore, sqlite_url
 from services.runtime.errors import bad_request_of
 from tests.support import metric, start_service
+from tests.test_manufacturing_twins import postgres_url  # noqa: F401 - a throwaway PostgreSQL server
 
 PUMP = CENTRIFUGAL_PUMP.name
 SENSORS = list(CENTRIFUGAL_PUMP.sensors)
 MAX_ROWS = 2000
 MAX_MESSAGE_BYTES = 1 << 20
 START_MS = 1_767_225_600_000   # 2026-01-01
+NO_MODELS = {"anomaly_model": "", "remaining_life_model": ""}   # storage tests: no torch to load
 _ids = itertools.count()
 
 
@@ -27,7 +29,7 @@ _ids = itertools.count()
 def iot_service(pki, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("iot")
     service = start_service("services.iot", pki, tmp, "iot", iot_database_url=f"sqlite:///{tmp}/iot.sqlite3",
-                            ingest_max_rows_per_batch=MAX_ROWS, max_message_bytes=MAX_MESSAGE_BYTES)
+                            ingest_max_rows_per_batch=MAX_ROWS, max_message_bytes=MAX_MESSAGE_BYTES, **NO_MODELS)
     yield service
     assert service.stop() == 0, service.log_tail()
 
@@ -291,7 +293,8 @@ def test_concurrent_streams_of_one_asset_never_store_rows_out_of_order(iot):
     acked = []
     for call in calls:
         try:
-            acked += [a.sequence for a in call]
+            for ack in call:
+                acked.append(ack.sequence)
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "not after" in error.details()
     reply, got_t, got_v = query(iot, asset_id)
@@ -329,7 +332,7 @@ def test_model_rpcs_without_models_are_failed_precondition(iot):
 def test_past_the_in_flight_limit_a_batch_is_resource_exhausted_and_earlier_ones_stay(pki, tmp_path):
     """One batch may wait for the store across all streams: a stream that pipelines 50 finds it full."""
     service = start_service("services.iot", pki, tmp_path, "iot", iot_database_url=f"sqlite:///{tmp_path}/iot.sqlite3",
-                            ingest_total_in_flight=1)
+                            ingest_total_in_flight=1, **NO_MODELS)
     try:
         with service.channel() as channel:
             iot = iot_pb2_grpc.IoTServiceStub(channel)
@@ -383,3 +386,34 @@ def test_two_stores_on_one_database_never_store_rows_twice_or_out_of_order(tmp_p
     np.testing.assert_array_equal(third.read_range("pump", 0, 2**62).timestamps_ms, timestamps)
     for store in (first, second, third):
         store.close()
+
+
+@pytest.mark.slow
+def test_the_service_runs_on_postgresql(pki, tmp_path, postgres_url):
+    """The same code on PostgreSQL by URL: ingest with group commit, queries, two stores racing."""
+    service = start_service("services.iot", pki, tmp_path, "iot", iot_database_url=postgres_url, **NO_MODELS)
+    try:
+        with service.channel() as channel:
+            iot = iot_pb2_grpc.IoTServiceStub(channel)
+            asset_id = new_asset(iot)
+            timestamps, values = rows(1000, seed=9)
+            acks, error = ingest(iot, [batch(asset_id, i, timestamps[i * 100:(i + 1) * 100],
+                                             values[i * 100:(i + 1) * 100]) for i in range(10)])
+            assert error is None and len(acks) == 10
+            reply, got_t, got_v = query(iot, asset_id, start_ms=int(timestamps[250]), end_ms=int(timestamps[749]))
+            assert reply.matched_rows == 500
+            np.testing.assert_array_equal(got_t, timestamps[250:750])
+            np.testing.assert_array_equal(got_v, values[250:750].astype(np.float32))
+            bad = rows(10, first_ms=int(timestamps[-1]))
+            assert ingest(iot, [batch(asset_id, 0, *bad)])[1].code() == grpc.StatusCode.INVALID_ARGUMENT
+            # A second writer on the same database (another replica) continues after the service's rows.
+            other = TelemetryStore(postgres_url, {PUMP: CENTRIFUGAL_PUMP})
+            more_t, more_v = rows(10, first_ms=int(timestamps[-1]) + 1)
+            assert other.append(asset_id, more_t, more_v).stored_rows == 1010
+            other.close()
+            with pytest.raises(grpc.RpcError) as refused:   # the service's view was stale: it reloads, then refuses
+                list(iot.Ingest(iter([batch(asset_id, 0, *rows(10, first_ms=int(timestamps[-1]) + 2))])))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert query(iot, asset_id)[0].matched_rows == 1010
+    finally:
+        assert service.stop() == 0, service.log_tail()

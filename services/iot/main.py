@@ -11,8 +11,11 @@ from services.iot.asset_types import ASSET_TYPES
 from services.iot.ingest import IngestLimits, IngestMetrics, TelemetryIngest
 from services.iot.servicer import IoTServicer
 from services.iot.store import TelemetryStore, sqlite_url
+from services.runtime.served_model import ServedModel
 from services.runtime.server import Runtime, Service, run_service
 from services.runtime.settings import REPO_ROOT, ServiceSettings
+
+PACKAGED = "packaged"
 
 
 class IoTSettings(ServiceSettings):
@@ -28,9 +31,10 @@ class IoTSettings(ServiceSettings):
                                          "commit; past it the stream stops reading (gRPC flow control)")
     ingest_total_in_flight: int = Field(256, ge=1, description="Batches of all streams awaiting their commit; "
                                         "past it a batch gets RESOURCE_EXHAUSTED")
-    anomaly_model: str = Field("", description="Anomaly model file; '' serves none (DetectAnomalies then "
-                                               "answers FAILED_PRECONDITION)")
-    remaining_life_model: str = Field("", description="Remaining-life model file; '' serves none")
+    anomaly_model: str = Field(PACKAGED, description="'packaged' (services/iot/models, trained by "
+                               "scripts/train_iot_models.py), a local weights file, or '' to serve none "
+                               "(DetectAnomalies then answers FAILED_PRECONDITION)")
+    remaining_life_model: str = Field(PACKAGED, description="'packaged', a local weights file, or '' to serve none")
 
     def store_url(self) -> str:
         return self.database_url or sqlite_url(self.data_dir / "iot.sqlite3")
@@ -50,21 +54,28 @@ def build(runtime: Runtime) -> Service:
     ])
 
 
-def _anomaly_model(settings: IoTSettings, runtime: Runtime):
+def _anomaly_model(settings: IoTSettings, runtime: Runtime) -> ServedModel | None:
     if not settings.anomaly_model:
         return None
-    from services.iot.anomaly_model import AnomalyModel   # torch loads only when a model is served
-    return runtime.serve_model("pump-anomaly", AnomalyModel(settings.anomaly_model, device=settings.device,
-                                                             threads=settings.model_threads))
+    from services.iot import anomaly_model   # torch loads only when a model is served
+
+    adapter = anomaly_model.AnomalyModel(_weights(settings.anomaly_model), device=settings.device,
+                                         threads=settings.model_threads, instances=settings.model_instances)
+    return runtime.serve_model(anomaly_model.NAME, adapter)
 
 
-def _remaining_life_model(settings: IoTSettings, runtime: Runtime):
+def _remaining_life_model(settings: IoTSettings, runtime: Runtime) -> ServedModel | None:
     if not settings.remaining_life_model:
         return None
-    from services.iot.remaining_life import RemainingLifeModel
-    return runtime.serve_model("pump-remaining-life", RemainingLifeModel(settings.remaining_life_model,
-                                                                         device=settings.device,
-                                                                         threads=settings.model_threads))
+    from services.iot import remaining_life
+
+    adapter = remaining_life.RemainingLifeModel(_weights(settings.remaining_life_model), device=settings.device,
+                                                threads=settings.model_threads, instances=settings.model_instances)
+    return runtime.serve_model(remaining_life.NAME, adapter)
+
+
+def _weights(setting: str) -> str | None:
+    return None if setting == PACKAGED else setting   # None: the adapter's file in services/iot/models
 
 
 def main() -> None:
