@@ -1,0 +1,282 @@
+"""Trains the IoT models on a simulated fleet of centrifugal pumps and scores them on machines they never saw.
+
+    .venv/bin/python scripts/train_iot_models.py                  # writes services/iot/models/
+    .venv/bin/python scripts/train_iot_models.py --quick --out /tmp/iot-models   # a smoke run
+
+Three disjoint fleets are drawn with fixed seeds (services/iot/fleet.py, NASA ProgPy's
+CentrifugalPumpWithWear run to failure): training machines, validation machines (the interval
+margin of the remaining-life model and the anomaly threshold are chosen on them), and held-out
+machines that only the final scores read. Each model's card (a JSON file beside its weights)
+records the seeds, the fleet, the held-out metrics, the training time and the library versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.iot import anomaly_model as am          # noqa: E402
+from services.iot import remaining_life as rl         # noqa: E402
+from services.iot.fleet import FAULT_KINDS, MachineSpec, Trajectory, inject_fault, simulate_fleet  # noqa: E402
+
+SEED = 20261128
+FLEETS = {"train": (10_000, 40), "validation": (20_000, 10), "held_out": (30_000, 12)}
+QUICK_FLEETS = {"train": (10_000, 8), "validation": (20_000, 3), "held_out": (30_000, 3)}
+FAULT_MIN_ROWS = 20          # a window counts as faulty when the fault covers at least this many of its rows
+COVERAGE = 0.9
+EPOCHS_REMAINING_LIFE = 16
+EPOCHS_ANOMALY = 12
+WINDOW_STRIDE_HOURS = 2      # remaining-life training windows end every other hour
+
+
+# -- remaining life -------------------------------------------------------------------------------
+
+def rul_windows(trajectories: list[Trajectory], stride_hours: int = 1):
+    """Windows ending on every `stride_hours` hour mark: features [n, CYCLES, F], true RUL [n], machine [n]."""
+    xs, ys, ms = [], [], []
+    for m, tr in enumerate(trajectories):
+        hourly = rl.health_signals(rl.hourly_means(tr.values))
+        ends = np.arange(rl.CYCLES, len(hourly) + 1, stride_hours)
+        xs.append(np.stack([hourly[e - rl.CYCLES:e] for e in ends]))
+        ys.append(tr.rul_cycles[ends * 60 - 1])
+        ms.append(np.full(len(ends), m))
+    return np.concatenate(xs), np.concatenate(ys).astype(np.float32), np.concatenate(ms)
+
+
+def train_remaining_life(train, validation, epochs: int, seed: int):
+    x, y, _ = rul_windows(train, WINDOW_STRIDE_HOURS)
+    net, mean, std = rl.fit(x, y, epochs, seed, log=lambda line: print(line, flush=True))
+    model = rl.RemainingLifeModel.from_trained(net, mean, std)
+    # Conformalised quantile regression: widen the 5%-95% pair until it covers 90% of validation truths.
+    vx, vy, _ = rul_windows(validation)
+    pred = model.predict_features(vx)
+    nonconformity = np.maximum(pred[:, 1] - vy, vy - pred[:, 2])
+    level = min(1.0, math.ceil((len(vy) + 1) * COVERAGE) / len(vy))
+    model.margin = float(max(0.0, np.quantile(nonconformity, level)))
+    return net, model, mean, std, model.margin
+
+
+def phm08(d: np.ndarray) -> np.ndarray:
+    """PHM08 challenge score per estimate, d = estimated - true: late estimates cost more than early ones."""
+    return np.where(d < 0, np.exp(-d / 13.0) - 1, np.exp(d / 10.0) - 1)
+
+
+def evaluate_remaining_life(model, held_out: list[Trajectory]) -> dict:
+    x, y, machine = rul_windows(held_out)
+    pred = model.predict_features(x)
+    err = pred[:, 0] - y
+    per_machine = []
+    for m, tr in enumerate(held_out):
+        e, mask = err[machine == m], machine == m
+        rmse = float(np.sqrt(np.mean(e ** 2)))
+        per_machine.append({
+            "machine": tr.spec.machine_id, "life_cycles": round(tr.life_cycles, 1), "failure": tr.failure_event,
+            "windows": int(mask.sum()), "rmse_cycles": round(rmse, 1),
+            "rmse_fraction_of_life": round(rmse / tr.life_cycles, 4),
+            "coverage": round(float(np.mean((y[mask] >= pred[mask, 1]) & (y[mask] <= pred[mask, 2]))), 3)})
+    late = y <= 125
+    return {
+        "machines": len(held_out), "windows": int(len(y)),
+        "rmse_cycles": round(float(np.sqrt(np.mean(err ** 2))), 2),
+        "worst_rmse_fraction_of_life": max(m["rmse_fraction_of_life"] for m in per_machine),
+        "mean_rmse_fraction_of_life": round(float(np.mean([m["rmse_fraction_of_life"] for m in per_machine])), 4),
+        "interval_coverage": round(float(np.mean((y >= pred[:, 1]) & (y <= pred[:, 2]))), 3),
+        "mean_interval_width_cycles": round(float(np.mean(pred[:, 2] - pred[:, 1])), 1),
+        "late_life_windows": int(late.sum()),
+        "late_life_rmse_cycles": round(float(np.sqrt(np.mean(err[late] ** 2))), 2),
+        "late_life_phm08_mean": round(float(phm08(err[late]).mean()), 3),
+        "last_window_rmse_cycles": round(float(np.sqrt(np.mean(
+            [err[machine == m][-1] ** 2 for m in range(len(held_out))]))), 2),
+        "last_window_phm08_sum": round(float(sum(phm08(err[machine == m][-1:]).sum()
+                                                 for m in range(len(held_out)))), 3),
+        "per_machine": per_machine,
+    }
+
+
+# -- anomalies ------------------------------------------------------------------------------------
+
+def normal_windows(trajectories: list[Trajectory], stride: int) -> np.ndarray:
+    rows = am.ROWS
+    return np.concatenate([np.stack([tr.values[s:s + rows] for s in range(0, len(tr.values) - rows, stride)])
+                           for tr in trajectories])
+
+
+def labelled_windows(trajectories: list[Trajectory], per_machine: int, rng: np.random.Generator):
+    """Half normal windows, half with one injected fault covering FAULT_MIN_ROWS..ROWS of the latest rows."""
+    rows = am.ROWS
+    windows, labels, kinds = [], [], []
+    for tr in trajectories:
+        for i in range(per_machine):
+            start = int(rng.integers(1, len(tr.values) - rows))
+            piece = tr.values[start - 1:start + rows].copy()          # the row before: a stuck sensor's value
+            kind = "normal"
+            if i % 2:
+                kind = FAULT_KINDS[(i // 2) % len(FAULT_KINDS)]
+                covered = int(rng.integers(FAULT_MIN_ROWS, rows + 1))
+                inject_fault(piece, kind, rows + 1 - covered, covered, rng, tr.spec)
+            windows.append(piece[1:])
+            labels.append(kind != "normal")
+            kinds.append(kind)
+    return np.stack(windows), np.array(labels), np.array(kinds)
+
+
+def train_anomaly(train, validation, epochs: int, seed: int):
+    features = np.concatenate([am.shape_features(normal_windows([tr], stride=40)).reshape(-1, len(am.SENSORS)
+                                                                                          * len(am.SHAPE_FEATURES))
+                               for tr in train])
+    mean = features.mean(0)
+    std = np.maximum(features.std(0), 0.05)          # a feature that never moves in normal operation
+    torch.manual_seed(seed)
+    net = am.WindowAutoencoder()
+    xt = torch.from_numpy((features - mean) / std)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-5)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        order = torch.randperm(len(xt), generator=generator)
+        total = 0.0
+        for i in range(0, len(xt), 512):
+            batch = xt[order[i:i + 512]]
+            loss = ((net(batch) - batch) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        print(f"  anomaly epoch {epoch + 1}/{epochs}: loss {total / len(xt):.5f}", flush=True)
+    net.eval()
+    model = am.AnomalyModel.from_trained(net, mean.astype(np.float32), std.astype(np.float32))
+    windows, labels, _ = labelled_windows(validation, 400, np.random.default_rng([seed, 1]))
+    scores, _ = model.score_windows(windows)
+    threshold = best_threshold(scores, labels)
+    return net, model, mean, std, threshold, len(features)
+
+
+def f1_at(scores, labels, threshold) -> tuple[float, float, float]:
+    flagged = scores > threshold
+    tp = float(np.sum(flagged & labels))
+    precision = tp / max(flagged.sum(), 1)
+    recall = tp / max(labels.sum(), 1)
+    return 2 * precision * recall / max(precision + recall, 1e-12), precision, recall
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    candidates = np.quantile(scores, np.linspace(0.3, 0.999, 400))
+    return float(max(candidates, key=lambda t: f1_at(scores, labels, t)[0]))
+
+
+def evaluate_anomaly(model, threshold, held_out, seed) -> dict:
+    windows, labels, kinds = labelled_windows(held_out, 400, np.random.default_rng([seed, 2]))
+    scores, _ = model.score_windows(windows)
+    f1, precision, recall = f1_at(scores, labels, threshold)
+    flagged = scores > threshold
+    return {
+        "machines": len(held_out), "windows": int(len(labels)), "faulty_windows": int(labels.sum()),
+        "f1": round(f1, 4), "precision": round(precision, 4), "recall": round(recall, 4),
+        "false_positive_rate": round(float(flagged[~labels].mean()), 4),
+        "recall_by_fault": {k: round(float(flagged[kinds == k].mean()), 4) for k in FAULT_KINDS},
+        "auc": round(auc(scores, labels), 4),
+    }
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    order = np.argsort(scores)
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    pos = labels.sum()
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * (len(labels) - pos)))
+
+
+# -- writing ------------------------------------------------------------------------------------------
+
+def save(net, card: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+
+
+def environment() -> dict:
+    return {"torch": torch.__version__, "progpy": version("progpy"), "numpy": np.__version__,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads"}
+
+
+def simulated(cache: Path | None, specs: list[MachineSpec]) -> list[Trajectory]:
+    import pickle
+
+    if cache and cache.exists():
+        trajectories = pickle.loads(cache.read_bytes())
+        if [t.spec for t in trajectories] == specs:
+            return trajectories
+    trajectories = simulate_fleet(specs)
+    if cache:
+        cache.write_bytes(pickle.dumps(trajectories))
+    return trajectories
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=rl.MODELS_DIR)
+    parser.add_argument("--quick", action="store_true", help="a small fleet and few epochs, to check the script")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
+    parser.add_argument("--fleet-cache", type=Path, help="keep the simulated fleet in this .pkl file and reuse it")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    fleets = QUICK_FLEETS if args.quick else FLEETS
+    specs = {name: [MachineSpec.draw(first + i) for i in range(count)] for name, (first, count) in fleets.items()}
+    everything = simulated(args.fleet_cache, [s for group in specs.values() for s in group])
+    by_id = {tr.spec.machine_id: tr for tr in everything}
+    fleet = {name: [by_id[s.machine_id] for s in group] for name, group in specs.items()}
+    simulated = time.perf_counter() - started
+    print(f"simulated {len(everything)} pumps to failure in {simulated:.0f} s; lives "
+          f"{min(t.life_cycles for t in everything):.0f}-{max(t.life_cycles for t in everything):.0f} h", flush=True)
+    describe_fleet = {name: {"machines": len(group), "first_seed": fleets[name][0],
+                             "life_cycles": [round(t.life_cycles, 1) for t in group]}
+                      for name, group in fleet.items()}
+
+    t0 = time.perf_counter()
+    net, model, mean, std, margin = train_remaining_life(fleet["train"], fleet["validation"],
+                                                         epochs=3 if args.quick else EPOCHS_REMAINING_LIFE, seed=SEED)
+    rul_seconds = time.perf_counter() - t0
+    rul_metrics = evaluate_remaining_life(model, fleet["held_out"])
+    print(json.dumps({k: v for k, v in rul_metrics.items() if k != "per_machine"}, indent=1), flush=True)
+
+    t0 = time.perf_counter()
+    anet, amodel, amean, astd, threshold, normal_count = train_anomaly(
+        fleet["train"], fleet["validation"], epochs=3 if args.quick else EPOCHS_ANOMALY, seed=SEED)
+    anomaly_seconds = time.perf_counter() - t0
+    anomaly_metrics = evaluate_anomaly(amodel, threshold, fleet["held_out"], SEED)
+    print(json.dumps(anomaly_metrics, indent=1), flush=True)
+
+    total = time.perf_counter() - started
+    n_train = len(fleet["train"])
+    provenance = f"trained by scripts/train_iot_models.py on {n_train} simulated ProgPy pumps, seed {SEED}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    common = {"script": "scripts/train_iot_models.py", "seed": SEED, "provenance": provenance,
+              "fleets": describe_fleet, "simulation_seconds": round(simulated, 1),
+              "total_seconds": round(total, 1), "versions": environment()}
+    save(net, {"name": rl.NAME, **common, "channels": 32, "coverage": COVERAGE,
+               "interval_margin_cycles": round(margin, 2), "features": list(rl.FEATURES),
+               "feature_mean": mean.tolist(), "feature_std": std.tolist(),
+               "training_seconds": round(rul_seconds, 1), "held_out": rul_metrics},
+         args.out / "remaining_life.safetensors")
+    save(anet, {"name": am.NAME, **common, "hidden": 32, "code": 10, "threshold": round(threshold, 5),
+                "fault_min_rows": FAULT_MIN_ROWS, "normal_windows": normal_count,
+                "feature_mean": amean.tolist(), "feature_std": astd.tolist(),
+                "training_seconds": round(anomaly_seconds, 1), "held_out": anomaly_metrics},
+         args.out / "anomaly.safetensors")
+    print(f"wrote {args.out} in {total:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
