@@ -37,8 +37,8 @@ class ManufacturingSettings(ServiceSettings):
                               description="Twins, work orders and the latest images: SQLite file or "
                                           "postgresql+psycopg://user@host/db")
     iot_address: str = Field("localhost:50061", description="IoTService, host:port")
-    vision_address: str = Field("localhost:50071", description="VisionService, host:port")
-    audio_address: str = Field("localhost:50081", description="AudioService, host:port")
+    vision_address: str = Field("localhost:50081", description="VisionService, host:port")
+    audio_address: str = Field("localhost:50071", description="AudioService, host:port")
     mqtt_host: str = Field("localhost", description="The broker's host (its certificate must name it); "
                            "'' runs without MQTT (no media, no repairs)")
     mqtt_port: int = Field(8883, ge=1, le=65535)

@@ -27,8 +27,7 @@ from starlette.exceptions import HTTPException
 
 from apps.manufacturing import assets, charts, pictures
 from apps.manufacturing.fleet import Fleet, ServiceDown, summary
-from apps.manufacturing.workorders import ACTIVE, STATES, InvalidTransition, WorkOrderNotFound
-from apps.twins import TwinNotFound
+from apps.manufacturing.workorders import ACTIVE, STATES, InvalidTransition
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +221,7 @@ def _add_error_handlers(app: FastAPI, templates: Jinja2Templates) -> None:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
         return error(request, 400, problems or "bad request")
 
-    @app.exception_handler(TwinNotFound)
-    @app.exception_handler(WorkOrderNotFound)
+    @app.exception_handler(LookupError)   # an unknown twin, work order, or asset of the IoT service
     async def not_found(request, exc):
         return error(request, 404, f"not found: {exc}")
 
