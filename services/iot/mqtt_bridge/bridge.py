@@ -56,6 +56,8 @@ class PendingBatch:
     asset_id: str
     batch: topics.TelemetryBatch
     mids: list[int] = field(default_factory=list)
+    # Duplicates whose rows this batch carries: acknowledged with it, counted as duplicates already.
+    duplicate_mids: list[int] = field(default_factory=list)
 
 
 class BridgeMetrics:
@@ -129,6 +131,11 @@ class TelemetryBridge:
         for mid in mids:
             self.mqtt.ack(mid, 1)
 
+    def _settle(self, stored: PendingBatch) -> None:
+        """Its rows are stored: acknowledge its messages (and the duplicates that waited on it)."""
+        self._ack(stored.mids + stored.duplicate_mids)
+        self.metrics.messages.labels("stored").inc(len(stored.mids))
+
     # -- the Ingest side -----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -194,8 +201,7 @@ class TelemetryBridge:
             if pending.batch.rows:
                 retry.append(pending)
             else:
-                self._ack(pending.mids)
-                self.metrics.messages.labels("stored").inc(len(pending.mids))
+                self._settle(pending)
         self.in_flight.clear()
         return retry
 
@@ -247,7 +253,7 @@ class TelemetryBridge:
         """Every row is stored or travels in an unacknowledged batch: acknowledge with that batch."""
         carrier = next((p for p in reversed(self.in_flight.values()) if p.asset_id == asset_id), None)
         if carrier is not None:
-            carrier.mids.append(mid)
+            carrier.duplicate_mids.append(mid)
         else:
             self._ack([mid])
         self.metrics.messages.labels("duplicate").inc()
@@ -270,8 +276,7 @@ class TelemetryBridge:
             pending = self.in_flight.pop(reply.sequence, None)
             if pending is None:
                 continue
-            self._ack(pending.mids)
-            self.metrics.messages.labels("stored").inc(len(pending.mids))
+            self._settle(pending)
             self.metrics.rows.inc(reply.stored_rows)
             self.metrics.pending.set(len(self.in_flight))
             self._acked.set()
@@ -285,7 +290,7 @@ class TelemetryBridge:
                     extra={"asset_id": pending.asset_id, "code": error.code().name, "details": error.details(),
                            "rows": pending.batch.rows})
         self.metrics.messages.labels("rejected").inc(len(pending.mids))
-        self._ack(pending.mids)
+        self._ack(pending.mids + pending.duplicate_mids)
 
 
 async def _first_of(awaitable, guard: asyncio.Future):
