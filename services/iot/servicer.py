@@ -41,7 +41,8 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
         return iot_pb2.RegisterAssetResponse(asset=_asset(asset), created=created)
 
     async def ListAssets(self, request: iot_pb2.ListAssetsRequest, context) -> iot_pb2.ListAssetsResponse:
-        return iot_pb2.ListAssetsResponse(assets=[_asset(a) for a in self.store.assets()],
+        assets = await asyncio.to_thread(self.store.assets)
+        return iot_pb2.ListAssetsResponse(assets=[_asset(a) for a in assets],
                                           asset_types=[t.to_proto() for t in self.store.asset_types.values()])
 
     async def Ingest(self, request_iterator, context):
@@ -65,7 +66,7 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
         windows = request.windows or 1
         if not 1 <= windows <= MAX_WINDOWS:
             raise InvalidArgument(("windows", f"{windows} windows; ask for 1 to {MAX_WINDOWS}"))
-        assets = self._assets_with_rows(request.asset_ids, lambda a: a.asset_type.anomaly_window_rows)
+        assets = await self._assets_with_rows(request.asset_ids, lambda a: a.asset_type.anomaly_window_rows)
         scored = await asyncio.gather(*(self._score_windows(model, asset, windows, context) for asset in assets))
         return iot_pb2.DetectAnomaliesResponse(assets=scored, model=model.model_info)
 
@@ -73,7 +74,7 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
                                    context) -> iot_pb2.PredictRemainingLifeResponse:
         model = _require(self.remaining_life, "remaining-life", "MODALMESH_REMAINING_LIFE_MODEL")
         model.require_ready()
-        assets = self._assets_with_rows(request.asset_ids, lambda a: model.adapter.min_rows)
+        assets = await self._assets_with_rows(request.asset_ids, lambda a: model.adapter.min_rows)
         estimates = await asyncio.gather(*(self._estimate_life(model, asset, context) for asset in assets))
         return iot_pb2.PredictRemainingLifeResponse(assets=estimates, model=model.model_info)
 
@@ -112,10 +113,10 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
         except UnknownAsset as error:
             raise NotFound(f"{error}; call RegisterAsset first") from None
 
-    def _assets_with_rows(self, asset_ids, rows_needed) -> list[StoredAsset]:
+    async def _assets_with_rows(self, asset_ids, rows_needed) -> list[StoredAsset]:
         """The assets asked for, each with enough telemetry; none asked: every asset that has enough."""
         if not asset_ids:
-            return [a for a in self.store.assets() if a.stored_rows >= rows_needed(a)]
+            return [a for a in await asyncio.to_thread(self.store.assets) if a.stored_rows >= rows_needed(a)]
         if len(asset_ids) > MAX_ASSETS_PER_REQUEST:
             raise InvalidArgument(("asset_ids", f"{len(asset_ids)} assets; ask for at most {MAX_ASSETS_PER_REQUEST}"))
         if len(set(asset_ids)) != len(asset_ids):

@@ -30,6 +30,7 @@ import numpy as np
 from sqlalchemy import (BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table, create_engine,
                         event, select, update)
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from services.iot.asset_types import AssetType
 
@@ -131,23 +132,32 @@ class TelemetryStore:
         with self._lock:
             existing = self._assets.get(asset_id) or self._reload(asset_id)
             if existing is None:
-                with self.engine.begin() as connection:
-                    connection.execute(assets_table.insert().values(
-                        asset_id=asset_id, asset_type=type_name, registered_ms=int(time.time() * 1000),
-                        stored_rows=0, first_timestamp_ms=0, last_timestamp_ms=0))
-                existing = self._assets[asset_id] = StoredAsset(asset_id, asset_type)
-                return existing, True
+                try:
+                    with self.engine.begin() as connection:
+                        connection.execute(assets_table.insert().values(
+                            asset_id=asset_id, asset_type=type_name, registered_ms=int(time.time() * 1000),
+                            stored_rows=0, first_timestamp_ms=0, last_timestamp_ms=0))
+                except IntegrityError:   # another process registered it just now
+                    existing = self._reload(asset_id)
+                else:
+                    existing = self._assets[asset_id] = StoredAsset(asset_id, asset_type)
+                    return existing, True
         if existing.asset_type.name != type_name:
             raise AssetTypeConflict(existing, type_name)
         return existing, False
 
     def asset(self, asset_id: str) -> StoredAsset:
-        asset = self._assets.get(asset_id)
+        """What this process knows of the asset; one that is not known yet is looked up (another process,
+        a replica on the same database, may have registered it)."""
+        asset = self._assets.get(asset_id) or self._reload(asset_id)
         if asset is None:
             raise UnknownAsset(asset_id)
         return asset
 
     def assets(self) -> list[StoredAsset]:
+        """Every asset, read from the database: other processes may have registered or appended."""
+        with self._lock:   # not while a commit of this process moves the cache on
+            self._assets.update((a.asset_id, a) for a in self._load_assets())
         return sorted(self._assets.values(), key=lambda a: a.asset_id)
 
     # -- telemetry ---------------------------------------------------------------------------
