@@ -150,9 +150,6 @@ class TelemetryIngest:
         self.writer = StoreWriter(store, on_commit=metrics.committed)
         self._in_flight = 0
 
-    def close(self) -> None:
-        self.writer.close()   # what was queued is committed before the store closes
-
     async def ingest(self, requests: AsyncIterator[iot_pb2.IngestRequest]) -> AsyncIterator[iot_pb2.IngestResponse]:
         stream = StreamState()
         # Commits waiting to be acknowledged, in order; an exception ends the stream after those before it.

@@ -69,7 +69,7 @@ class StoreWriter:
         self.store = store
         self.max_group_rows = max_group_rows
         self._on_commit = on_commit or (lambda commit: None)
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         # A daemon: at exit, batches still queued were never acknowledged, so dropping them breaks no promise.
         self._thread = threading.Thread(target=self._run, name="iot-store-writer", daemon=True)
         self._thread.start()
@@ -82,31 +82,28 @@ class StoreWriter:
         self._jobs.put(_Job(stream, asset_id, timestamps_ms, values, future, loop))
         return future
 
-    def close(self) -> None:
-        """Commit what is queued, then stop the thread."""
-        self._jobs.put(None)
-        self._thread.join()
-
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            group, closing = self._gather(job)
-            self._commit(group)
-            if closing:
-                return
+        while True:
+            group = self._gather(self._jobs.get())
+            try:
+                self._commit(group)
+            except Exception as error:   # noqa: BLE001 - the one writer must not die: its streams would wait forever
+                log.exception("telemetry writer failed", extra={"batches": len(group)})
+                for job in group:
+                    job.outcome, job.stream.failed = error, True
+                    job.settle()
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
-        """The first job and what queued behind it, up to max_group_rows; True when close() was asked."""
+    def _gather(self, first: _Job) -> list[_Job]:
+        """The first job and what queued behind it, up to max_group_rows."""
         group, rows = [first], len(first.timestamps_ms)
         while rows < self.max_group_rows:
             try:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 break
-            if job is None:
-                return group, True
             group.append(job)
             rows += len(job.timestamps_ms)
-        return group, False
+        return group
 
     def _commit(self, group: list[_Job]) -> None:
         started = time.perf_counter()
