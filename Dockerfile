@@ -42,6 +42,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     XDG_CACHE_HOME=/tmp/cache \
     HF_HOME=/models/huggingface \
     HF_HUB_OFFLINE=1
+# The programs some workloads run (Debian 12's versions, the base image's): espeak-ng speaks for
+# AudioService.Synthesize, mosquitto is the mqtt-broker workload's broker. A few MB for both.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends espeak-ng=1.51+dfsg-10+deb12u2 mosquitto=2.0.11-1.2+deb12u2 \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 modalmesh \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin modalmesh
@@ -56,3 +61,31 @@ LABEL org.opencontainers.image.title="modalmesh" \
 FROM runtime AS text
 EXPOSE 50051 9464
 ENTRYPOINT ["python", "-m", "services.text"]
+
+FROM runtime AS iot
+EXPOSE 50061 9474
+ENTRYPOINT ["python", "-m", "services.iot"]
+
+FROM runtime AS audio
+EXPOSE 50071 9484
+ENTRYPOINT ["python", "-m", "services.audio"]
+
+FROM runtime AS vision
+EXPOSE 50081 9494
+ENTRYPOINT ["python", "-m", "services.vision"]
+
+FROM runtime AS manufacturing
+EXPOSE 50091 9504 8082
+ENTRYPOINT ["python", "-m", "apps.manufacturing"]
+
+FROM runtime AS mqtt-broker
+EXPOSE 50101 9511 8883
+ENTRYPOINT ["python", "-m", "modalmesh.broker"]
+
+FROM runtime AS mqtt-bridge
+EXPOSE 50102 9512
+ENTRYPOINT ["python", "-m", "services.iot.mqtt_bridge"]
+
+FROM runtime AS fleet-simulator
+EXPOSE 50103 9513
+ENTRYPOINT ["python", "-m", "apps.manufacturing.simulator"]

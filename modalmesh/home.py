@@ -5,6 +5,7 @@ Layout of HOME (default ``.modalmesh/`` at the repository root, env MODALMESH_HO
     pki/ca.crt, pki/ca.key        the local CA
     certs/<name>.crt|.key, ca.crt one certificate per workload and one for the operator (`cli`)
     logs/<name>.log               each workload's stdout and stderr; logs/supervisor.log when detached
+    data/<name>/                  what each workload stores (telemetry, twins, the broker's queue)
     up.lock                       held (flock) by the running supervisor: the truth of "a mesh runs here"
     up.pid                        the supervisor's pid, for `modalmesh down`
     state.json                    what the supervisor runs: addresses, identities, pids, restarts
@@ -34,6 +35,7 @@ class MeshHome:
         self.pki_dir = self.root / "pki"
         self.certs_dir = self.root / "certs"
         self.logs_dir = self.root / "logs"
+        self.data_dir = self.root / "data"   # data/<workload>/: what each workload stores (databases)
         self.lock_file = self.root / "up.lock"
         self.pid_file = self.root / "up.pid"
         self.state_file = self.root / "state.json"

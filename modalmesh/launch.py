@@ -142,7 +142,7 @@ def launch(module: str, home: MeshHome, log_dir: Path, workload: str, *, wrapper
     port, metrics_port = free_port(), free_port()
     spec = Workload(workload, module, port, metrics_port,
                     env={f"MODALMESH_{k.upper()}": str(v) for k, v in settings.items()})
-    env = service_environment(spec, home.certificate(workload), POLICY_FILE)
+    env = service_environment(spec, home.certificate(workload), POLICY_FILE, Path(log_dir) / "data")
     env.update(spec.env)   # a test may ask for sidecar mode, which the local mesh never does
     env.update(environment or {})
     log_path = Path(log_dir) / f"{workload}-{port}.log"

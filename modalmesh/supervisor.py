@@ -22,7 +22,7 @@ from modalmesh.health import SERVING, probe
 from modalmesh.home import OPERATOR, MeshHome
 from modalmesh.pki import IssuedCertificate
 from modalmesh.processes import process_alive, runs_command, signal_group
-from modalmesh.workloads import Workload
+from modalmesh.workloads import LOCALHOST, Workload, peer_environment
 from services.runtime.identity import spiffe_id
 from services.runtime.settings import REPO_ROOT, ServiceSettings
 
@@ -50,23 +50,29 @@ def describe_exit(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
-def service_environment(workload: Workload, cert: IssuedCertificate, policy_file: Path) -> dict[str, str]:
-    """The service process contract: who it is, where it listens, its certificate and the policy."""
+def service_environment(workload: Workload, cert: IssuedCertificate, policy_file: Path, data_dir: Path,
+                        peers: list[Workload] = ()) -> dict[str, str]:
+    """The service process contract: who it is, where it listens, its certificate, the policy, where it
+    keeps its data, and where the other workloads of the mesh listen."""
     env = dict(os.environ)
+    env.update(peer_environment(list(peers), lambda _: LOCALHOST))
     env.update(workload.env)
     env.update({
         "PYTHONUNBUFFERED": "1",  # logs reach the log file as they happen, not at exit
         "MODALMESH_WORKLOAD": workload.name,
-        "MODALMESH_GRPC_HOST": "127.0.0.1",
+        "MODALMESH_GRPC_HOST": LOCALHOST,
         "MODALMESH_GRPC_PORT": str(workload.grpc_port),
-        "MODALMESH_METRICS_HOST": "127.0.0.1",
+        "MODALMESH_METRICS_HOST": LOCALHOST,
         "MODALMESH_METRICS_PORT": str(workload.metrics_port),
         "MODALMESH_TLS_MODE": "mutual",
         "MODALMESH_TLS_CA": str(cert.ca),
         "MODALMESH_TLS_CERT": str(cert.cert),
         "MODALMESH_TLS_KEY": str(cert.key),
         "MODALMESH_POLICY_FILE": str(policy_file),
+        "MODALMESH_DATA_DIR": str(data_dir / workload.name),
     })
+    if workload.http_port:
+        env["MODALMESH_HTTP_PORT"] = str(workload.http_port)
     return env
 
 
@@ -86,10 +92,11 @@ def now_iso() -> str:
 class SupervisedWorkload:
     """One workload's process across its restarts."""
 
-    def __init__(self, workload: Workload, home: MeshHome, cert: IssuedCertificate, policy_file: Path):
+    def __init__(self, workload: Workload, home: MeshHome, cert: IssuedCertificate, policy_file: Path,
+                 peers: list[Workload] = ()):
         self.workload = workload
         self.home = home
-        self.env = service_environment(workload, cert, policy_file)
+        self.env = service_environment(workload, cert, policy_file, home.data_dir, peers)
         self.command = [sys.executable, "-m", workload.module]
         self.process: subprocess.Popen | None = None
         self.state = "stopped"  # starting | serving | backoff | stopped
@@ -182,7 +189,7 @@ class Supervisor:
                  policy_file: Path = DEFAULT_POLICY_FILE):
         self.home = home
         self.operator_cert = home.issue(OPERATOR)  # fresh, from the CA the workloads trust now
-        self.children = [SupervisedWorkload(w, home, home.issue(w.name), policy_file) for w in workloads]
+        self.children = [SupervisedWorkload(w, home, home.issue(w.name), policy_file, workloads) for w in workloads]
         self.ready_timeout_s = ready_timeout_s
         self.on_ready = on_ready
         self.phase = "starting"  # starting | ready | stopping | stopped | failed

@@ -39,6 +39,7 @@ class KubernetesSpec:
     drain_grace_s: float = 20.0
     timeout_s: float = 60.0
     routes: tuple[Route, ...] = ()
+    storage: str | None = None  # a persistent volume of this size at /data (one replica: SQLite, a broker's queue)
 
     @classmethod
     def from_dict(cls, doc: dict) -> "KubernetesSpec":
@@ -51,8 +52,11 @@ class KubernetesSpec:
             raise ValueError(f"unknown kubernetes setting(s): {', '.join(sorted(unknown))}")
         if doc.get("accelerator", "cpu") not in ("cpu", "gpu"):
             raise ValueError(f"accelerator must be cpu or gpu, not {doc['accelerator']!r}")
-        return cls(min_replicas=int(replicas.get("min", 1)), max_replicas=int(replicas.get("max", 3)),
+        spec = cls(min_replicas=int(replicas.get("min", 1)), max_replicas=int(replicas.get("max", 3)),
                    routes=routes, **doc)
+        if spec.storage and spec.max_replicas != 1:
+            raise ValueError("a workload with storage runs one replica: set replicas {min: 1, max: 1}")
+        return spec
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,34 @@ class Workload:
     env: dict[str, str] = field(default_factory=dict)
     kubernetes: KubernetesSpec = field(default_factory=KubernetesSpec)
     http_port: int | None = None  # a web app's page port, exposed through the Istio ingress gateway
+    mqtt_port: int | None = None  # a broker's MQTT listener, which the mesh's MQTT clients connect to
 
     @property
     def grpc_address(self) -> str:
         return f"{LOCALHOST}:{self.grpc_port}"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {kind: port for kind, port in (("gRPC", self.grpc_port), ("metrics", self.metrics_port),
+                                              ("HTTP", self.http_port), ("MQTT", self.mqtt_port)) if port}
+
+
+def address_variable(workload_name: str) -> str:
+    """The setting that tells a workload where another one's gRPC port is: MODALMESH_<NAME>_ADDRESS."""
+    return f"MODALMESH_{workload_name.upper().replace('-', '_')}_ADDRESS"
+
+
+def peer_environment(workloads: list[Workload], host_of) -> dict[str, str]:
+    """Where every workload of the mesh listens, for the ones that call it: gRPC addresses, and the
+    broker's MQTT host and port. ``host_of(workload)`` is 127.0.0.1 locally, the Service's name in
+    Kubernetes. Addresses are no secret: the policy decides who may call what."""
+    env = {address_variable(w.name): f"{host_of(w)}:{w.grpc_port}" for w in workloads}
+    brokers = [w for w in workloads if w.mqtt_port]
+    if len(brokers) > 1:
+        raise ValueError(f"one MQTT broker per mesh, not {', '.join(w.name for w in brokers)}")
+    if brokers:
+        env.update(MODALMESH_MQTT_HOST=host_of(brokers[0]), MODALMESH_MQTT_PORT=str(brokers[0].mqtt_port))
+    return env
 
     @property
     def metrics_address(self) -> str:
@@ -89,8 +117,9 @@ def load_workloads(path: str | Path = DEFAULT_WORKLOADS_FILE) -> list[Workload]:
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: workload {name!r}: {e}") from e
         http_port = int(spec["http_port"]) if spec.get("http_port") else None
+        mqtt_port = int(spec["mqtt_port"]) if spec.get("mqtt_port") else None
         workloads.append(Workload(name, spec["module"], int(spec["grpc_port"]), int(spec["metrics_port"]), env,
-                                  kubernetes, http_port))
+                                  kubernetes, http_port, mqtt_port))
     return workloads
 
 
@@ -123,8 +152,10 @@ def free_ports(count: int) -> list[int]:
 
 
 def with_random_ports(workloads: list[Workload]) -> list[Workload]:
-    ports = iter(free_ports(2 * len(workloads)))
-    return [replace(w, grpc_port=next(ports), metrics_port=next(ports)) for w in workloads]
+    ports = iter(free_ports(4 * len(workloads)))
+    return [replace(w, grpc_port=next(ports), metrics_port=next(ports),
+                    http_port=next(ports) if w.http_port else None,
+                    mqtt_port=next(ports) if w.mqtt_port else None) for w in workloads]
 
 
 def port_in_use(port: int) -> bool:
@@ -140,7 +171,7 @@ def busy_ports(workloads: list[Workload]) -> list[str]:
     """Human descriptions of the configured ports that something already listens on."""
     busy = []
     for w in workloads:
-        for kind, port in (("gRPC", w.grpc_port), ("metrics", w.metrics_port)):
+        for kind, port in w.ports.items():
             if port_in_use(port):
                 busy.append(f"{port} ({w.name} {kind})")
     return busy

@@ -213,8 +213,13 @@ def test_every_workload_has_its_objects(overlay):
     docs = render_overlay(overlay)
     for w in WORKLOADS:
         for kind in ("ServiceAccount", "Deployment", "Service", "AuthorizationPolicy", "DestinationRule",
-                     "VirtualService", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
+                     "VirtualService", "PodDisruptionBudget"):
             named(docs, kind, w.name)
+        # An autoscaler only where more than one replica may run; a volume only where data is kept.
+        autoscalers = [d for d in of_kind(docs, "HorizontalPodAutoscaler") if d["metadata"]["name"] == w.name]
+        assert len(autoscalers) == (w.kubernetes.max_replicas > 1)
+        claims = [d for d in of_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == f"{w.name}-data"]
+        assert len(claims) == bool(w.kubernetes.storage)
         assert named(docs, "Deployment", w.name)["spec"]["template"]["spec"]["serviceAccountName"] == w.name
     callers = {c for rules in POLICY.workloads.values() for r in rules for c in r.callers}
     accounts = {d["metadata"]["name"] for d in of_kind(docs, "ServiceAccount")}
@@ -244,9 +249,11 @@ def test_every_port_declares_its_protocol(overlay):
     docs = render_overlay(overlay)
     for svc in of_kind(docs, "Service"):
         for port in svc["spec"]["ports"]:
-            assert port.get("appProtocol") and port["name"].split("-")[0] in ("grpc", "http"), (svc, port)
+            assert port.get("appProtocol") and port["name"].split("-")[0] in ("grpc", "http", "tcp"), (svc, port)
             if port["name"] == "grpc":
                 assert port["appProtocol"] == "grpc"
+            if port["name"].startswith("tcp-"):   # MQTT: opaque TCP to Istio, authorized per connection
+                assert port["appProtocol"] == "tcp"
     for deployment in of_kind(docs, "Deployment"):
         for c in deployment["spec"]["template"]["spec"]["containers"]:
             assert all(p.get("protocol") == "TCP" and p.get("name") for p in c["ports"]), c["ports"]
@@ -456,3 +463,28 @@ def test_the_image_runs_as_a_numeric_non_root_user():
     dockerfile = (ROOT / "Dockerfile").read_text()
     users = re.findall(r"^USER (\S+)$", dockerfile, re.M)
     assert users and all(re.fullmatch(r"[1-9]\d*:[1-9]\d*", u) for u in users)
+
+
+def test_stateful_workloads_keep_their_data_on_a_volume_and_find_their_peers_by_service_name():
+    docs = render_overlay("cpu")
+    for w in WORKLOADS:
+        deployment = named(docs, "Deployment", w.name)
+        pod = deployment["spec"]["template"]["spec"]
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        assert env["MODALMESH_IOT_ADDRESS"] == "iot.modalmesh.svc.cluster.local:50061"
+        assert env["MODALMESH_MQTT_HOST"] == ("0.0.0.0" if w.mqtt_port else "mqtt-broker.modalmesh.svc.cluster.local")
+        if w.kubernetes.storage:
+            assert env["MODALMESH_DATA_DIR"] == "/data"
+            assert deployment["spec"]["strategy"] == {"type": "Recreate"}   # one pod on the volume at a time
+            claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+            assert claims == [f"{w.name}-data"]
+        else:
+            assert env["MODALMESH_DATA_DIR"].startswith("/tmp/")   # the root filesystem is read-only
+
+
+def test_storage_needs_a_single_replica(tmp_path):
+    spec = {"workloads": {"db": {"module": "m", "grpc_port": 1, "metrics_port": 2,
+                                 "kubernetes": {"storage": "1Gi", "replicas": {"min": 1, "max": 3}}}}}
+    (tmp_path / "workloads.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="one replica"):
+        load_workloads(tmp_path / "workloads.yaml")

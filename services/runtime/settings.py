@@ -35,6 +35,8 @@ class ServiceSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     policy_file: Path = REPO_ROOT / "mesh" / "policy.yaml"
+    data_dir: Path = Field(REPO_ROOT / ".modalmesh" / "data", description="Where the workload keeps what it stores "
+                           "(SQLite databases, queues); the local mesh gives each workload its own")
 
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
     dynamic_batching: bool = True
