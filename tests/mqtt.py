@@ -79,7 +79,7 @@ def start_broker(home: MeshHome, tmp: Path, port: int | None = None) -> Broker:
     """The mqtt-broker workload, SERVING and accepting MQTT connections."""
     port = port or free_port()
     process = launch("modalmesh.broker", home, tmp, "mqtt-broker", mqtt_port=port,
-                     broker_data_dir=tmp / "broker-data", drain_grace_s=5)
+                     data_dir=tmp / "broker-data", drain_grace_s=5)
     try:
         process.wait_serving(30)
         wait_listening(port)

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 
 from apps.manufacturing.clients import Availability
 from services.iot.mqtt_bridge import topics

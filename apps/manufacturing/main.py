@@ -22,7 +22,7 @@ from apps.manufacturing.workorders import MaintenanceRules, WorkOrderBook
 from apps.twins import TwinStore, open_database
 from modalmesh.v1 import audio_pb2_grpc, iot_pb2_grpc, vision_pb2_grpc
 from services.runtime.server import Runtime, Service, run_service
-from services.runtime.settings import REPO_ROOT, ServiceSettings
+from services.runtime.settings import ServiceSettings
 
 
 class ManufacturingSettings(ServiceSettings):
@@ -33,9 +33,9 @@ class ManufacturingSettings(ServiceSettings):
     http_port: int = Field(8082, ge=0, le=65535)
     http_path_prefix: str = Field("/manufacturing", description="Path the ingress gateway serves the app "
                                   "under; the app answers there and at /")
-    database_url: str = Field(f"sqlite:///{REPO_ROOT / '.modalmesh' / 'data' / 'manufacturing.sqlite3'}",
-                              description="Twins, work orders and the latest images: SQLite file or "
-                                          "postgresql+psycopg://user@host/db")
+    database_url: str = Field("", description="Twins, work orders and the latest images: "
+                              "postgresql+psycopg://user@host/db, or '' for the SQLite file "
+                              "<data_dir>/manufacturing.sqlite3")
     iot_address: str = Field("localhost:50061", description="IoTService, host:port")
     vision_address: str = Field("localhost:50081", description="VisionService, host:port")
     audio_address: str = Field("localhost:50071", description="AudioService, host:port")
@@ -56,7 +56,7 @@ class ManufacturingSettings(ServiceSettings):
 
 def build(runtime: Runtime) -> Service:
     settings: ManufacturingSettings = runtime.settings
-    engine = open_database(settings.database_url)
+    engine = open_database(settings.database_url or f"sqlite:///{settings.data_dir / 'manufacturing.sqlite3'}")
     twins, orders, images = TwinStore(engine), WorkOrderBook(engine), LatestImages(engine)
     for store in (twins, orders, images):
         store.create_schema()

@@ -37,7 +37,7 @@ from services.iot.asset_types import CENTRIFUGAL_PUMP
 from services.iot.fleet import EPOCH_MS, FAULT_KINDS, LivePump, MachineSpec
 from services.iot.mqtt_bridge import topics
 from services.iot.mqtt_bridge.client import mesh_client
-from services.runtime.settings import REPO_ROOT, ServiceSettings
+from services.runtime.settings import ServiceSettings
 from services.vision.textures import product_image, sample_defects
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,6 @@ class SimulatorSettings(ServiceSettings):
     image_size: int = Field(128, ge=32, le=1024)
     clip_seconds: float = Field(1.0, gt=0, le=30)
     clip_sample_rate: int = 16_000
-    data_dir: Path = Field(REPO_ROOT / ".modalmesh" / "data", description="Where the fleet clock is kept")
 
 
 # -- the fleet ----------------------------------------------------------------------------------------
