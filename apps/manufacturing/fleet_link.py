@@ -14,7 +14,6 @@ import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-
 from apps.manufacturing.clients import Availability
 from services.iot.mqtt_bridge import topics
 from services.iot.mqtt_bridge.client import mesh_client
