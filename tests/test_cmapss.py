@@ -66,9 +66,9 @@ def test_reads_the_published_layout(tmp_path):
 @pytest.mark.slow
 def test_train_eval_command_scores_the_test_engines(tmp_path):
     write_subset(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "services.iot.cmapss", "train-eval", "--data", str(tmp_path),
-                             "--subset", "FD001", "--epochs", "10", "--threads", "1"], cwd=REPO, capture_output=True, text=True,
-                            timeout=600)
+    command = [sys.executable, "-m", "services.iot.cmapss", "train-eval", "--data", str(tmp_path),
+               "--subset", "FD001", "--epochs", "10", "--threads", "1"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     summary, record = result.stdout.strip().splitlines()[-2:]
     assert summary.startswith("FD001: RMSE")

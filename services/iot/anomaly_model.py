@@ -9,9 +9,12 @@ cavitating flow or an oscillating speed are. Normal set-point changes move speed
 and then the temperatures together, and the autoencoder, trained on normal operation of
 simulated pumps over their whole lives, learns those joint patterns.
 
-The score is the mean squared reconstruction error of the standardised features; `threshold` was
-chosen on validation machines with injected faults. Per-sensor contributions are each sensor's
-share of the error, so `top_sensors` names where to look.
+Each sensor's error is its squared reconstruction error over its standardised features, divided by
+the 99th percentile of that error on normal training windows; the score is the largest of these
+(a fault usually shows on one or two sensors, and summing over all 72 features would bury it in
+the others' normal scatter). `threshold` was chosen on validation machines with injected faults.
+Per-sensor contributions are each sensor's share of the scaled errors, so `top_sensors` names
+where to look.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from services.runtime.devices import configure_threads, pick_device
 NAME = "pump-anomaly-autoencoder"
 ROWS = CENTRIFUGAL_PUMP.anomaly_window_rows
 SENSORS = CENTRIFUGAL_PUMP.sensors
-SHAPE_FEATURES = ("noise", "jump", "repeats", "trend", "curvature", "residual", "autocorrelation")
+SHAPE_FEATURES = ("noise", "jump", "repeats", "trend", "curvature", "residual", "step_residual", "autocorrelation")
 # Typical measurement noise per sensor (one standard deviation): the unit the noise feature is read in.
 REFERENCE_NOISE = np.array([0.3, 0.0006, 0.15, 0.15, 0.1, 1500.0, 3000.0, 0.1, 0.4])
 
@@ -66,6 +69,7 @@ def shape_features(windows: np.ndarray) -> np.ndarray:
     coef = np.einsum("rk,brs->bks", np.linalg.pinv(basis).T, x)               # least-squares trend
     residual = x - np.einsum("rk,bks->brs", basis, coef)
     resid_std = residual.std(axis=1) + floor
+    step_std = _best_step_residual(x) + floor
     centered = residual - residual.mean(axis=1, keepdims=True)
     autocorr = (centered[:, 1:] * centered[:, :-1]).sum(1) / ((centered ** 2).sum(1) + 1e-12)
     return np.stack([
@@ -75,14 +79,28 @@ def shape_features(windows: np.ndarray) -> np.ndarray:
         np.arcsinh(coef[:, 1] / noise),
         np.arcsinh(coef[:, 2] / noise),
         np.log(resid_std / noise),
+        np.log(step_std / noise),
         autocorr,
     ], axis=2).astype(np.float32)
+
+
+def _best_step_residual(x: np.ndarray) -> np.ndarray:
+    """Residual standard deviation of the best one-step (two-level) fit: a set-point change fits
+    it; an oscillation, a ramp or spikes do not."""
+    n = x.shape[1]
+    total = x.sum(axis=1, keepdims=True)
+    left = np.cumsum(x, axis=1)[:, :-1]                       # sums of the first k rows, k = 1..n-1
+    k = np.arange(1, n)[None, :, None]
+    # Between-level sum of squares explained by a break after row k; the best break explains most.
+    explained = (left - k * total / n) ** 2 * n / (k * (n - k))
+    variance = ((x - x.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    return np.sqrt(np.maximum(variance - explained.max(axis=1), 0.0) / n)
 
 
 # -- network --------------------------------------------------------------------------------------
 
 class WindowAutoencoder(nn.Module):
-    def __init__(self, inputs: int = len(SENSORS) * len(SHAPE_FEATURES), hidden: int = 32, code: int = 10):
+    def __init__(self, inputs: int = len(SENSORS) * len(SHAPE_FEATURES), hidden: int = 64, code: int = 12):
         super().__init__()
         self.encode = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, code))
         self.decode = nn.Sequential(nn.ReLU(), nn.Linear(code, hidden), nn.ReLU(), nn.Linear(hidden, inputs))
@@ -117,6 +135,7 @@ class AnomalyModel(ModelAdapter):
         self.net.to(self.device).eval()
         self._mean = torch.tensor(self.card["feature_mean"], device=self.device)
         self._std = torch.tensor(self.card["feature_std"], device=self.device)
+        self.sensor_error_scale = np.array(self.card["sensor_error_scale"])
         self.threshold = float(self.card["threshold"])
         self._description = ModelDescription(
             name=self.card.get("name", NAME), version=file_digest(self.path),
@@ -134,10 +153,11 @@ class AnomalyModel(ModelAdapter):
 
     @classmethod
     def from_trained(cls, net: WindowAutoencoder, mean: np.ndarray, std: np.ndarray,
-                     threshold: float = float("nan")) -> "AnomalyModel":
+                     sensor_error_scale: np.ndarray | None = None, threshold: float = float("nan")) -> "AnomalyModel":
         """An in-memory model straight from training (the training script scores it before writing it)."""
         model = cls(device="cpu")
         model.net, model.threshold = net, threshold
+        model.sensor_error_scale = np.ones(len(SENSORS)) if sensor_error_scale is None else sensor_error_scale
         model._mean, model._std = torch.from_numpy(mean), torch.from_numpy(std)
         return model
 
@@ -148,11 +168,15 @@ class AnomalyModel(ModelAdapter):
         return [AnomalyScore(float(s), bool(s > self.threshold), tuple(float(c) for c in share))
                 for s, share in zip(scores, shares)]
 
-    @torch.inference_mode()
     def score_windows(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[batch, ROWS, sensors] -> scores [batch] and squared errors per sensor [batch, sensors]."""
+        """[batch, ROWS, sensors] -> scores [batch] and scaled errors per sensor [batch, sensors]."""
+        per_sensor = self.sensor_errors(windows) / self.sensor_error_scale
+        return per_sensor.max(axis=1), per_sensor
+
+    @torch.inference_mode()
+    def sensor_errors(self, windows: np.ndarray) -> np.ndarray:
+        """[batch, ROWS, sensors] -> squared reconstruction error of each sensor's features [batch, sensors]."""
         features = torch.from_numpy(shape_features(windows).reshape(len(windows), -1)).to(self.device)
         x = (features - self._mean) / self._std
         error = ((self.net(x) - x) ** 2).float().cpu().numpy().reshape(len(windows), len(SENSORS), -1)
-        per_sensor = error.sum(axis=2)
-        return per_sensor.sum(axis=1) / error[0].size, per_sensor
+        return error.sum(axis=2)

@@ -8,6 +8,12 @@ cycle changes the speed. A small 1-D CNN reads the 24 cycles and gives a point e
 5%-95% quantile pair; the interval is then widened by a margin chosen on validation machines
 (conformalised quantile regression) so that it covers 90% of held-out truths.
 
+Remaining life is capped at `RUL_CAP` cycles, as C-MAPSS models are (at 125 there): wear that
+ends a pump's life in 1500 hours barely shows in one day of telemetry early on, while the last
+week of a life shows clearly. An estimate of 150 reads "150 cycles or more"; trained on uncapped
+targets the same network scored an RMSE of 30-90% of each held-out machine's life (see
+docs/models.md), which is guessing.
+
 Fewer rows than `min_rows` (a full window): the service refuses the request (a shorter history
 has not been seen in training). More rows: only the latest window is read. Gaps in the rows leave
 their hour empty; an empty hour repeats the nearest older one.
@@ -37,7 +43,7 @@ NOMINAL_SPEED = 376.991118431
 S = {name: i for i, name in enumerate(CENTRIFUGAL_PUMP.sensors)}
 FEATURES = CENTRIFUGAL_PUMP.sensors + ("thrust_rise_per_load", "radial_rise_per_load", "oil_rise_per_load",
                                         "flow_per_speed")
-RUL_SCALE = 1000.0   # the network works in thousands of cycles
+RUL_CAP = 150.0      # cycles: estimates (and training targets) saturate here
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ def hourly_means(values: np.ndarray) -> np.ndarray:
 # -- network --------------------------------------------------------------------------------------
 
 class RemainingLifeNet(nn.Module):
-    """Standardised [batch, CYCLES, FEATURES] -> [batch, 3]: point, 5% and 95% quantiles, in RUL_SCALE cycles."""
+    """Standardised [batch, CYCLES, FEATURES] -> [batch, 3]: point, 5% and 95% quantiles, in units of the cap."""
 
     def __init__(self, features: int = len(FEATURES), channels: int = 32, cycles: int = CYCLES):
         super().__init__()
@@ -106,7 +112,7 @@ def pinball(pred: torch.Tensor, target: torch.Tensor, q: float) -> torch.Tensor:
     return torch.maximum(q * diff, (q - 1) * diff).mean()
 
 
-def fit(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, scale: float = RUL_SCALE, channels: int = 32,
+def fit(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, scale: float = RUL_CAP, channels: int = 32,
         batch: int = 256, log=print) -> tuple[RemainingLifeNet, np.ndarray, np.ndarray]:
     """Trains a RemainingLifeNet on windows x [n, cycles, features] and RUL y [n] (cycles): squared
     error on the point, pinball losses on the 5% and 95% quantiles. Returns it with the feature
@@ -164,6 +170,7 @@ class RemainingLifeModel(ModelAdapter):
         self._mean = torch.tensor(self.card["feature_mean"], device=self.device)
         self._std = torch.tensor(self.card["feature_std"], device=self.device)
         self.margin = float(self.card["interval_margin_cycles"])
+        self.cap = float(self.card["rul_cap_cycles"])
         self.coverage = float(self.card["coverage"])
         self._description = ModelDescription(
             name=self.card.get("name", NAME), version=file_digest(self.path),
@@ -188,14 +195,14 @@ class RemainingLifeModel(ModelAdapter):
 
     def predict_features(self, features: np.ndarray) -> np.ndarray:
         """[batch, CYCLES, FEATURES] -> [batch, 3] cycles: point, lower, upper."""
-        return predict(self.net, features, self._mean, self._std, self.margin, RUL_SCALE, self.device)
+        return predict(self.net, features, self._mean, self._std, self.margin, self.cap, self.device)
 
     @classmethod
     def from_trained(cls, net: RemainingLifeNet, mean: np.ndarray, std: np.ndarray,
                      margin: float = 0.0) -> "RemainingLifeModel":
         """An in-memory model straight from `fit` (training scripts evaluate it before writing it)."""
         model = cls(device="cpu")
-        model.net, model.margin = net, margin
+        model.net, model.margin, model.cap = net, margin, RUL_CAP
         model._mean, model._std = torch.from_numpy(mean), torch.from_numpy(std)
         return model
 
@@ -203,13 +210,13 @@ class RemainingLifeModel(ModelAdapter):
 @torch.inference_mode()
 def predict(net: RemainingLifeNet, features: np.ndarray, mean, std, margin: float, scale: float,
             device=torch.device("cpu")) -> np.ndarray:
-    """Point, lower and upper cycles per window; the interval is widened by `margin` and never negative."""
+    """Point, lower and upper cycles per window, within [0, scale] (the cap); the interval is widened by `margin`."""
     x = (torch.as_tensor(features, dtype=torch.float32, device=device) - torch.as_tensor(mean, device=device)) \
         / torch.as_tensor(std, device=device)
     raw = net(x).float().cpu().numpy() * scale
-    point = np.maximum(raw[:, 0], 0.0)
-    lower = np.maximum(np.minimum(raw[:, 1], point) - margin, 0.0)
-    upper = np.maximum(raw[:, 2], point) + margin
+    point = np.clip(raw[:, 0], 0.0, scale)
+    lower = np.clip(np.minimum(raw[:, 1], point) - margin, 0.0, scale)
+    upper = np.clip(np.maximum(raw[:, 2], point) + margin, 0.0, scale)
     return np.stack([point, lower, upper], axis=1)
 
 
