@@ -77,6 +77,10 @@ class Workload:
         return f"{LOCALHOST}:{self.grpc_port}"
 
     @property
+    def metrics_address(self) -> str:
+        return f"{LOCALHOST}:{self.metrics_port}"
+
+    @property
     def ports(self) -> dict[str, int]:
         return {kind: port for kind, port in (("gRPC", self.grpc_port), ("metrics", self.metrics_port),
                                               ("HTTP", self.http_port), ("MQTT", self.mqtt_port)) if port}
