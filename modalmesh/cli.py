@@ -149,6 +149,7 @@ def _hints(home, state: dict, detached: bool) -> str:
     stop = "modalmesh down" + ("" if home.root == _default_home_root() else f" --home {home.root}")
     return "\n".join([
         "",
+        *_pages(state["workloads"]),
         f"call:    modalmesh call {first} grpc.health.v1.Health/Check",
         f"logs:    {home.logs_dir}/",
         f"stop:    {stop}" if detached else "stop:    Ctrl-C",
@@ -209,8 +210,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, entry in state["workloads"].items():
         live = process_alive(entry.get("pid"))
         health = probe(entry["grpc"], cert) if live else "UNREACHABLE"
-        workloads[name] = {key: entry.get(key) for key in
-                           ("name", "grpc", "metrics", "metrics_url", "identity", "pid", "restarts", "state")}
+        workloads[name] = {key: entry[key] for key in ("name", "grpc", "metrics", "metrics_url", "web_url", "mqtt",
+                                                        "identity", "pid", "restarts", "state") if key in entry}
         workloads[name].update(health=health, pid=entry.get("pid") if live else None)
     if args.json:
         print(json.dumps({"home": str(home.root), "supervisor_pid": state.get("supervisor_pid"),
@@ -218,7 +219,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"mesh in {home.root}: {state.get('phase')} (supervisor pid {state.get('supervisor_pid')})")
         _print_workloads(workloads)
+        print("\n".join(_pages(workloads)))
     return 0
+
+
+def _pages(workloads: dict) -> list[str]:
+    """The web apps' addresses, for people to open."""
+    return [f"web:     {w['web_url']}  ({name})" for name, w in workloads.items() if w.get("web_url")]
 
 
 def _print_workloads(workloads: dict) -> None:

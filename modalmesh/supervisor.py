@@ -170,6 +170,8 @@ class SupervisedWorkload:
             "grpc": w.grpc_address,
             "metrics": w.metrics_address,
             "metrics_url": f"http://{w.metrics_address}/metrics",
+            **({"web_url": f"http://{LOCALHOST}:{w.http_port}/"} if w.http_port else {}),
+            **({"mqtt": f"{LOCALHOST}:{w.mqtt_port}"} if w.mqtt_port else {}),
             "identity": spiffe_id(w.name),
             "pid": self.pid,
             "restarts": self.restarts,
