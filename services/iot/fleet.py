@@ -389,6 +389,8 @@ class Fault:
         sign = float(rng.choice([-1.0, 1.0]))
         if kind == "bearing_overheat":
             bearing = sensor or str(rng.choice(["thrust_bearing_temp", "radial_bearing_temp"]))
+            if bearing not in ("thrust_bearing_temp", "radial_bearing_temp"):
+                raise ValueError(f"bearing_overheat shows on a bearing temperature, not {bearing!r}")
             return cls(kind, SENSOR[bearing], severity * rng.uniform(0.4, 1.0))
         if kind == "cavitation":
             return cls(kind, SENSOR["flow"], severity * rng.uniform(0.1, 0.25))
@@ -502,6 +504,8 @@ class LivePump:
 
     def inject_fault(self, kind: str, minutes: int = 60, sensor: str | None = None, severity: float = 1.0) -> Fault:
         """Starts a fault (one of FAULT_KINDS) at the next row, lasting `minutes` simulated minutes."""
+        if minutes < 1:
+            raise ValueError(f"a fault lasts at least one minute, not {minutes}")
         fault = Fault.draw(kind, self._rng, sensor, severity)
         stuck_at = float(self._last_row[fault.sensor]) if self._last_row is not None else None
         self._faults.append(_ActiveFault(fault, self.minute + 1, minutes, stuck_at))
@@ -517,5 +521,7 @@ class LivePump:
         for active in self._faults:
             since = self.minute - active.start_minute
             if 0 <= since < active.minutes:
+                if active.fault.kind == "sensor_stuck" and active.stuck_at is None:
+                    active.stuck_at = float(row[0, active.fault.sensor])     # stuck from its first reading
                 active.fault.apply(row, np.array([since]), self._rng, np.asarray(self.spec.noise), active.stuck_at)
         self._faults = [f for f in self._faults if self.minute < f.start_minute + f.minutes]
