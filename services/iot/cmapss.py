@@ -45,7 +45,8 @@ class CmapssSubset:
 
 
 def read_runs(path: Path) -> np.ndarray:
-    """[rows, 26] of a train_/test_ file, checked: 26 numbers a row, units whole and ≥ 1, cycles 1, 2, 3... per unit."""
+    """[rows, 26] of a train_ or test_ file, checked: 26 numbers a row, whole unit numbers from 1,
+    cycles 1, 2, 3... per unit."""
     rows = []
     for number, line in enumerate(_lines(path), start=1):
         fields = line.split()
