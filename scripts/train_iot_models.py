@@ -206,6 +206,7 @@ def save(net, card: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    path.chmod(0o644)                       # safetensors writes 0600; images run the service as another user
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
 
