@@ -26,6 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:   # run as `python bench/x.py`: make the project importable without installing it
     sys.path.insert(0, str(ROOT))
+# Servers started from a process with open gRPC channels can die in gRPC's fork handlers
+# (grpc/grpc#43055); the benchmarks never fork a process that uses gRPC.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import grpc  # noqa: E402
 

@@ -4,12 +4,15 @@
 #   espeak-ng   AudioService.Synthesize's default voice, and the speech the audio tests listen to
 #   sox         audio conversions in the audio tests
 #   chromium    the browser the page tests drive (Playwright cannot download one here)
+#   postgresql  the server the stores' PostgreSQL tests start (SQLite is the default everywhere else)
 # Run as root, or as a user who may sudo. Does nothing when all are present.
 set -euo pipefail
-declare -A package_of=([mosquitto]=mosquitto [espeak-ng]=espeak-ng [sox]=sox [chromium]=chromium)
+declare -A package_of=([mosquitto]=mosquitto [espeak-ng]=espeak-ng [sox]=sox [chromium]=chromium
+                       [initdb]=postgresql)
 missing=()
 for command in "${!package_of[@]}"; do
-  PATH="$PATH:/usr/sbin" command -v "$command" >/dev/null || missing+=("${package_of[$command]}")
+  PATH="$PATH:/usr/sbin:$(printf '%s:' /usr/lib/postgresql/*/bin)" command -v "$command" >/dev/null \
+    || missing+=("${package_of[$command]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${missing[*]}"

@@ -14,7 +14,6 @@ from services.iot.asset_types import CENTRIFUGAL_PUMP, TelemetryWindow
 from services.iot.store import NotAfterStored, TelemetryStore, sqlite_url
 from services.runtime.errors import bad_request_of
 from tests.support import metric, start_service
-from tests.test_manufacturing_twins import postgres_url  # noqa: F401 - a throwaway PostgreSQL server
 
 PUMP = CENTRIFUGAL_PUMP.name
 SENSORS = list(CENTRIFUGAL_PUMP.sensors)

@@ -4,15 +4,12 @@ concurrent writers, durability across kill -9, and SQL that PostgreSQL accepts a
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -171,32 +168,6 @@ def test_the_schema_and_statements_compile_for_postgresql():
     assert "WHERE" in partial and "UNIQUE" in partial
     locked = sa.select(twin_module.twins).where(twin_module.twins.c.twin_id == "x").with_for_update()
     assert "FOR UPDATE" in str(locked.compile(dialect=dialect))
-
-
-@pytest.fixture
-def postgres_url():
-    """A throwaway PostgreSQL server, where the machine has one and a driver is installed."""
-    pytest.importorskip("psycopg")
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.skip("no PostgreSQL server binaries")
-    from tests.support import free_port
-    root = Path(tempfile.mkdtemp(prefix="modalmesh-pg-"))   # not under pytest's 0700 tree: postgres reads it
-    root.chmod(0o777)
-    data, port = root / "data", free_port()
-    run_as = [] if os.geteuid() else ["runuser", "-u", "postgres", "--"]   # initdb refuses root
-    try:
-        subprocess.run([*run_as, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True,
-                       capture_output=True)
-        # The server's output goes to its log file: a pipe would stay open for as long as it runs.
-        subprocess.run([*run_as, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-o",
-                        f"-p {port} -k {root} -c listen_addresses=''", "-w", "start"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        yield f"postgresql+psycopg://postgres@/postgres?host={root}&port={port}"
-    finally:
-        subprocess.run([*run_as, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow
