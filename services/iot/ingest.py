@@ -26,9 +26,11 @@ from services.iot.store import NotAfterStored, StoredAsset, TelemetryStore, Unkn
 from services.iot.writer import GroupCommit, StoreWriter, StreamState
 from services.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.runtime.metrics import Metrics
+from services.runtime.tensors import tensor_array, tensor_dtype
 
 ASSET_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-VALUE_DTYPES = {common_pb2.DATA_TYPE_FP32: np.dtype("<f4"), common_pb2.DATA_TYPE_FP64: np.dtype("<f8")}
+TIMESTAMP_DTYPES = (common_pb2.DATA_TYPE_INT64,)
+VALUE_DTYPES = (common_pb2.DATA_TYPE_FP32, common_pb2.DATA_TYPE_FP64)
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -95,13 +97,11 @@ def check_batch(request: iot_pb2.IngestRequest, asset: StoredAsset, max_rows: in
 
 
 def _timestamps(tensor: common_pb2.Tensor, max_rows: int, where: str) -> np.ndarray:
-    if tensor.dtype != common_pb2.DATA_TYPE_INT64:
-        raise InvalidArgument(("timestamps_ms.dtype", f"{where}must be DATA_TYPE_INT64, not "
-                                                      f"{common_pb2.DataType.Name(tensor.dtype)}"))
+    dtype = tensor_dtype(tensor, TIMESTAMP_DTYPES, "timestamps_ms", where)
     if len(tensor.shape) != 1 or not 1 <= tensor.shape[0] <= max_rows:
         raise InvalidArgument(("timestamps_ms.shape", f"{where}shape {list(tensor.shape)} must be [rows] with "
                                                       f"1 to {max_rows} rows; split larger batches"))
-    timestamps = _array(tensor, np.dtype("<i8"), "timestamps_ms", where)
+    timestamps = tensor_array(tensor, dtype, "timestamps_ms", where)
     if timestamps[0] < 0:
         raise InvalidArgument(("timestamps_ms[0]", f"{where}{timestamps[0]} is before the Unix epoch"))
     not_increasing = np.flatnonzero(np.diff(timestamps) <= 0)
@@ -115,28 +115,17 @@ def _timestamps(tensor: common_pb2.Tensor, max_rows: int, where: str) -> np.ndar
 
 
 def _values(tensor: common_pb2.Tensor, rows: int, sensors: int, where: str) -> np.ndarray:
-    dtype = VALUE_DTYPES.get(tensor.dtype)
-    if dtype is None:
-        raise InvalidArgument(("values.dtype", f"{where}must be DATA_TYPE_FP32 or DATA_TYPE_FP64, not "
-                                               f"{common_pb2.DataType.Name(tensor.dtype)}"))
+    dtype = tensor_dtype(tensor, VALUE_DTYPES, "values", where)
     if list(tensor.shape) != [rows, sensors]:
         raise InvalidArgument(("values.shape", f"{where}shape {list(tensor.shape)} must be [{rows}, {sensors}] "
                                                "(one row per timestamp, one column per sensor)"))
-    values = _array(tensor, dtype, "values", where)
+    values = tensor_array(tensor, dtype, "values", where)
     bad = ~np.isfinite(values) | (np.abs(values) > _FLOAT32_MAX)   # stored as float32: FP64 must fit
     if bad.any():
         row, column = (int(i) for i in np.argwhere(bad)[0])
         raise InvalidArgument((f"values[{row}][{column}]", f"{where}{values[row, column]} is not a finite float32 "
                                                            f"value ({int(bad.sum())} such values in the batch)"))
     return values.astype(np.float32, copy=False)
-
-
-def _array(tensor: common_pb2.Tensor, dtype: np.dtype, field: str, where: str) -> np.ndarray:
-    count = int(np.prod(tensor.shape))
-    if len(tensor.data) != count * dtype.itemsize:
-        raise InvalidArgument((f"{field}.data", f"{where}{len(tensor.data)} bytes do not match shape "
-                                                f"{list(tensor.shape)} ({count * dtype.itemsize} bytes expected)"))
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
 
 
 # -- the streams ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from services.iot.ingest import TelemetryIngest, check_asset_id
 from services.iot.store import AssetTypeConflict, StoredAsset, Telemetry, TelemetryStore, UnknownAsset
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.served_model import ServedModel
+from services.runtime.tensors import encode_tensor
 
 DEFAULT_MAX_POINTS = 10_000
 MAX_POINTS = 100_000
@@ -56,8 +57,8 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
         shown = _thin(telemetry, max_points)
         return iot_pb2.QueryTelemetryResponse(
             asset_id=asset.asset_id, sensors=list(asset.asset_type.sensors),
-            timestamps_ms=_tensor(shown.timestamps_ms, common_pb2.DATA_TYPE_INT64),
-            values=_tensor(shown.values, common_pb2.DATA_TYPE_FP32),
+            timestamps_ms=encode_tensor(shown.timestamps_ms, common_pb2.DATA_TYPE_INT64),
+            values=encode_tensor(shown.values, common_pb2.DATA_TYPE_FP32),
             matched_rows=len(telemetry))
 
     async def DetectAnomalies(self, request: iot_pb2.DetectAnomaliesRequest,
@@ -162,10 +163,6 @@ def _thin(telemetry: Telemetry, max_points: int) -> Telemetry:
 def _top_sensors(asset_type: AssetType, contributions) -> list[str]:
     order = np.argsort(-np.asarray(contributions, dtype=np.float64))
     return [asset_type.sensors[i] for i in order[:TOP_SENSORS]]
-
-
-def _tensor(array: np.ndarray, dtype: int) -> common_pb2.Tensor:
-    return common_pb2.Tensor(dtype=dtype, shape=list(array.shape), data=np.ascontiguousarray(array).tobytes())
 
 
 def _asset(asset: StoredAsset) -> iot_pb2.Asset:

@@ -1,13 +1,17 @@
-"""Open Inference Protocol tensors ⇄ numpy arrays, with the checks a server owes its callers."""
+"""Tensors ⇄ numpy arrays, with the checks a server owes its callers: the Open Inference Protocol's
+and modalmesh.v1's own (common.proto Tensor).
+"""
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
 
 from inference import grpc_service_pb2 as oip
 from inference import model_config_pb2 as mc
+from modalmesh.v1 import common_pb2
 from services.runtime.errors import InvalidArgument
 
 # OIP datatype → (numpy dtype, InferTensorContents field, model-config enum)
@@ -86,3 +90,61 @@ def encode_output(name: str, array: np.ndarray, datatype: str) -> tuple[oip.Mode
         return tensor, encode_bytes(array.reshape(-1))
     dtype = DATATYPES[datatype][0]
     return tensor, np.ascontiguousarray(array, dtype=dtype).tobytes()
+
+
+# -- modalmesh.v1 Tensor (common.proto): dtype, shape, little-endian row-major bytes -----------------
+
+TENSOR_DTYPES: dict[int, np.dtype] = {
+    common_pb2.DATA_TYPE_FP32: np.dtype("<f4"),
+    common_pb2.DATA_TYPE_FP16: np.dtype("<f2"),
+    common_pb2.DATA_TYPE_FP64: np.dtype("<f8"),
+    common_pb2.DATA_TYPE_INT64: np.dtype("<i8"),
+    common_pb2.DATA_TYPE_INT32: np.dtype("<i4"),
+    common_pb2.DATA_TYPE_INT16: np.dtype("<i2"),
+    common_pb2.DATA_TYPE_INT8: np.dtype("i1"),
+    common_pb2.DATA_TYPE_UINT8: np.dtype("u1"),
+    common_pb2.DATA_TYPE_BOOL: np.dtype("?"),
+}   # BF16 has no numpy dtype: a service that takes it decodes it itself
+
+
+def tensor_dtype(tensor: common_pb2.Tensor, allowed: tuple[int, ...], field: str, where: str = "") -> np.dtype:
+    """The numpy dtype of a request's Tensor, or InvalidArgument on ``field.dtype`` naming the allowed ones.
+
+    ``where`` prefixes every description (the IoT ingest names the batch: "batch sequence 7: ").
+    """
+    if tensor.dtype not in allowed:
+        names = " or ".join(common_pb2.DataType.Name(dtype) for dtype in allowed)
+        raise InvalidArgument((f"{field}.dtype", f"{where}must be {names}, not "
+                                                 f"{_dtype_name(tensor.dtype)}"))
+    return TENSOR_DTYPES[tensor.dtype]
+
+
+def tensor_array(tensor: common_pb2.Tensor, dtype: np.dtype, field: str, where: str = "") -> np.ndarray:
+    """The Tensor's bytes as a read-only array of its shape, without a copy.
+
+    Call it after the caller's own shape rules, so a shape that breaks them is reported as
+    ``field.shape`` and not as a byte count; this checks only what every Tensor owes: no negative
+    dimension, and exactly the bytes its shape and dtype need.
+    """
+    shape = list(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidArgument((f"{field}.shape", f"{where}negative dimension in {shape}"))
+    expected = math.prod(shape) * dtype.itemsize   # Python ints: a huge shape cannot wrap around
+    if len(tensor.data) != expected:
+        raise InvalidArgument((f"{field}.data", f"{where}{len(tensor.data)} bytes do not match shape {shape} "
+                                                f"({expected} bytes expected)"))
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def encode_tensor(array: np.ndarray, dtype: int) -> common_pb2.Tensor:
+    """A response's Tensor: the array converted to ``dtype``'s little-endian type, row-major."""
+    data = np.ascontiguousarray(array, dtype=TENSOR_DTYPES[dtype])
+    return common_pb2.Tensor(dtype=dtype, shape=list(data.shape), data=data.tobytes())
+
+
+def _dtype_name(dtype: int) -> str:
+    """A client may send a number the proto does not define; name it rather than fail on it."""
+    try:
+        return common_pb2.DataType.Name(dtype)
+    except ValueError:
+        return f"data type {dtype}"
