@@ -15,6 +15,7 @@ import numpy as np
 
 from modalmesh.v1 import common_pb2, vision_pb2
 from services.runtime.errors import InvalidArgument
+from services.runtime.tensors import tensor_array, tensor_dtype
 
 MIN_SIDE = 16
 
@@ -113,9 +114,7 @@ def _bmp_size(data: bytes, field: str) -> tuple[int, int]:
 
 
 def from_pixels(tensor: common_pb2.Tensor, limits: ImageLimits, field: str) -> np.ndarray:
-    if tensor.dtype != common_pb2.DATA_TYPE_UINT8:
-        raise InvalidArgument((f"{field}.dtype", f"{common_pb2.DataType.Name(tensor.dtype)}: pixels must be "
-                                                 "DATA_TYPE_UINT8"))
+    dtype = tensor_dtype(tensor, (common_pb2.DATA_TYPE_UINT8,), field)
     shape = list(tensor.shape)
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
         raise InvalidArgument((f"{field}.shape", f"{shape}: give [height, width] (grey) or [height, width, 3] "
@@ -124,11 +123,7 @@ def from_pixels(tensor: common_pb2.Tensor, limits: ImageLimits, field: str) -> n
         raise InvalidArgument((f"{field}.shape", f"{shape}: every dimension must be positive"))
     height, width = shape[:2]
     limits.check(width, height, f"{field}.shape")
-    expected = int(np.prod(shape))
-    if len(tensor.data) != expected:
-        raise InvalidArgument((f"{field}.data", f"{len(tensor.data)} bytes do not match shape {shape} "
-                                                f"({expected} bytes expected)"))
-    pixels = np.frombuffer(tensor.data, np.uint8).reshape(shape)
+    pixels = tensor_array(tensor, dtype, field)
     if pixels.ndim == 2 or pixels.shape[2] == 1:
         return np.repeat(pixels.reshape(height, width, 1), 3, axis=2)
     return pixels

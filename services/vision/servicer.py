@@ -8,6 +8,7 @@ import math
 from modalmesh.v1 import common_pb2, vision_pb2, vision_pb2_grpc
 from services.runtime.errors import InvalidArgument
 from services.runtime.served_model import ServedModel
+from services.runtime.tensors import encode_tensor
 from services.vision.images import ImageLimits, encode_png, image_rgb
 from services.vision.inspection import Inspection
 from services.vision.textures import CLASSES
@@ -54,9 +55,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         if encoding == vision_pb2.MASK_ENCODING_PNG:
             response.mask_png = await asyncio.to_thread(encode_png, inspection.mask)
             return
-        mask = inspection.mask
-        response.mask.CopyFrom(common_pb2.Tensor(dtype=common_pb2.DATA_TYPE_UINT8, shape=list(mask.shape),
-                                                 data=mask.tobytes()))
+        response.mask.CopyFrom(encode_tensor(inspection.mask, common_pb2.DATA_TYPE_UINT8))
 
 
 def _defect(found) -> vision_pb2.Defect:

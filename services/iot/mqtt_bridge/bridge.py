@@ -21,7 +21,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
-import numpy as np
 import paho.mqtt.client as mqtt
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -29,8 +28,9 @@ from prometheus_client import Counter, Gauge
 
 from modalmesh.v1 import common_pb2, iot_pb2, iot_pb2_grpc
 from services.iot.mqtt_bridge import topics
-from services.iot.mqtt_bridge.client import mesh_client
+from services.iot.mqtt_bridge.client import workload_client
 from services.runtime.channels import channel_options, client_credentials
+from services.runtime.tensors import encode_tensor
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,7 @@ class TelemetryBridge:
 
     def _start_mqtt(self) -> None:
         s = self.settings
-        client = mesh_client(s.mqtt_client_id, s.tls_ca, s.tls_cert, s.tls_key,
-                             persistent_session=True, manual_ack=True)
+        client = workload_client(s, s.mqtt_client_id, persistent_session=True, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -267,8 +266,8 @@ class TelemetryBridge:
         self.metrics.pending.set(len(self.in_flight))
         await call.write(iot_pb2.IngestRequest(
             sequence=self.sequence, asset_id=pending.asset_id, sensors=list(pending.batch.sensors),
-            timestamps_ms=_tensor(pending.batch.timestamps_ms, "<i8", common_pb2.DATA_TYPE_INT64),
-            values=_tensor(pending.batch.values, "<f4", common_pb2.DATA_TYPE_FP32)))
+            timestamps_ms=encode_tensor(pending.batch.timestamps_ms, common_pb2.DATA_TYPE_INT64),
+            values=encode_tensor(pending.batch.values, common_pb2.DATA_TYPE_FP32)))
 
     async def _read_acks(self, call) -> None:
         """Acknowledge each stored batch's MQTT messages; raises the stream's error when it ends."""
@@ -302,11 +301,6 @@ async def _first_of(awaitable, guard: asyncio.Future):
     task.cancel()
     guard.result()   # raises the stream's error
     raise RuntimeError("Ingest stream ended")
-
-
-def _tensor(array: np.ndarray, numpy_type: str, dtype: int) -> common_pb2.Tensor:
-    data = np.ascontiguousarray(array, dtype=numpy_type)
-    return common_pb2.Tensor(dtype=dtype, shape=list(data.shape), data=data.tobytes())
 
 
 def _refused_sequence(error: grpc.aio.AioRpcError) -> int | None:
