@@ -173,6 +173,25 @@ def test_live_pump_wears_out_and_repair_renews_it(anomalies):
     assert after.values.shape[0] == 180 and pump.health > 0.5 * start_health
 
 
+def test_a_pump_that_failed_from_overheating_runs_again_after_repair():
+    """Repair cools the bearings and the oil with the new parts: left at their failure temperature,
+    the pump would meet its overheat limit again in the first minute."""
+    pump = LivePump(fast_wearing(90_029))                           # oil overheats after about 11 h
+    while not pump.failed:
+        pump.advance(3600)
+    assert pump.failure_event == "PumpOilOverheat"
+    life_minutes = pump.minute
+    pump.repair()
+    again = pump.advance(8 * 3600)
+    assert not pump.failed and again.values.shape[0] == 8 * 60
+    oil = again.values[:, CENTRIFUGAL_PUMP.sensors.index("oil_temp")]
+    ambient = again.values[:, CENTRIFUGAL_PUMP.sensors.index("ambient_temp")]
+    assert oil[0] < ambient[0] + 15 and oil[-1] > oil[0]             # restarted cool, warming with use
+    while not pump.failed:            # and wears out again: new parts (the first life began a little worn)
+        pump.advance(3600)
+    assert 0.8 * life_minutes < pump.minute - life_minutes < 2 * life_minutes
+
+
 def test_live_pump_faults_are_flagged(anomalies):
     pump = LivePump(MachineSpec.draw(90_003))
     pump.advance(2 * 3600)

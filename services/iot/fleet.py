@@ -267,10 +267,14 @@ class PumpPhysics:
         return np.stack([np.atleast_1d(es[e]) for e in self.model.events])
 
     def renew(self, i: int) -> None:
-        """Maintenance: a new impeller and new bearings on machine i; its wear rates stay its own."""
+        """Maintenance: a new impeller, new bearings and fresh oil on machine i, cooled to its ambient as
+        at start; its wear rates stay its own. (Left at their failure temperatures, the bearings or the
+        oil would meet their overheat limit again in the first minute after the repair.)"""
         self.state[self._row["A"], i] = NEW_IMPELLER_AREA
         self.state[self._row["rThrust"], i] = NEW_THRUST_FRICTION
         self.state[self._row["rRadial"], i] = NEW_RADIAL_FRICTION
+        for key in ("Tt", "Tr", "To"):
+            self.state[self._row[key], i] = self.specs[i].ambient_mean_k
 
     # -- internals --
 
@@ -512,7 +516,7 @@ class LivePump:
         return fault
 
     def repair(self) -> None:
-        """Maintenance: wear back to new, faults cleared, the pump restarted."""
+        """Maintenance: new parts cooled to ambient, faults cleared, the pump restarted."""
         self._physics.renew(0)
         self._faults.clear()
         self.failure_event = None
