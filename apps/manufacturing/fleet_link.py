@@ -12,11 +12,11 @@ import asyncio
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from apps.manufacturing.clients import Availability
 from services.iot.mqtt_bridge import topics
-from services.iot.mqtt_bridge.client import mesh_client
+from services.iot.mqtt_bridge.client import workload_client
+from services.runtime.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,10 @@ class BrokerUnavailable(Exception):
 
 
 class FleetLink:
-    def __init__(self, host: str, port: int, ca: Path, cert: Path, key: Path, availability: Availability,
+    def __init__(self, settings: ServiceSettings, host: str, port: int, availability: Availability,
                  client_id: str = "manufacturing", queue_size: int = 64):
         self.host, self.port, self.availability = host, port, availability
-        self.client = mesh_client(client_id, ca, cert, key)
+        self.client = workload_client(settings, client_id)
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

@@ -64,8 +64,8 @@ def build(runtime: Runtime) -> Service:
     iot = iot_pb2_grpc.IoTServiceStub(mesh_channel(settings.iot_address, settings))
     link = None
     if settings.mqtt_host:
-        link = FleetLink(settings.mqtt_host, settings.mqtt_port, settings.tls_ca, settings.tls_cert,
-                         settings.tls_key, availability, settings.mqtt_client_id, settings.media_queue)
+        link = FleetLink(settings, settings.mqtt_host, settings.mqtt_port, availability, settings.mqtt_client_id,
+                         settings.media_queue)
     fleet = Fleet(twins, orders, images, iot, link, availability, updates, settings.call_timeout_s)
     loop = TwinLoop(iot, twins, orders,
                     MaintenanceRules(settings.remaining_life_threshold_cycles, settings.anomaly_persistence_windows),

@@ -36,7 +36,7 @@ from services.audio.machine_sounds import machine_character, machine_sound
 from services.iot.asset_types import CENTRIFUGAL_PUMP
 from services.iot.fleet import EPOCH_MS, FAULT_KINDS, LivePump, MachineSpec
 from services.iot.mqtt_bridge import topics
-from services.iot.mqtt_bridge.client import mesh_client
+from services.iot.mqtt_bridge.client import workload_client
 from services.runtime.settings import ServiceSettings
 from services.vision.textures import product_image, sample_defects
 
@@ -299,7 +299,7 @@ class FleetSimulator:
 
     def _connect(self) -> None:
         s = self.settings
-        client = mesh_client(s.mqtt_client_id, s.tls_ca, s.tls_cert, s.tls_key, persistent_session=True)
+        client = workload_client(s, s.mqtt_client_id, persistent_session=True)
         client.max_queued_messages_set(10_000)   # while the broker is away; past it messages are counted lost
         client.reconnect_delay_set(1, 10)
         client.on_connect = lambda c, u, f, reason, p: (
