@@ -15,6 +15,7 @@ from services.audio.speech_synthesis import DEFAULT_VOICE, DEFAULT_WORDS_PER_MIN
 from services.audio.voice_activity import VoiceQuery
 from services.runtime.errors import InvalidArgument
 from services.runtime.served_model import ServedModel
+from services.runtime.tensors import encode_tensor
 
 MAX_VOICE_SECONDS = 600.0
 MAX_SOUND_SECONDS = 60.0
@@ -93,7 +94,8 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
         spec = scorer.spec
         return audio_pb2.ScoreAnomalyResponse(
             score=result.score, threshold=scorer.threshold, anomalous=result.score > scorer.threshold,
-            log_mel=_fp32_tensor(result.log_mel), window_scores=_fp32_tensor(result.window_errors),
+            log_mel=encode_tensor(result.log_mel, common_pb2.DATA_TYPE_FP32),
+            window_scores=encode_tensor(result.window_errors, common_pb2.DATA_TYPE_FP32),
             frame_hop_s=spec.hop / spec.sample_rate, min_frequency_hz=spec.f_min, max_frequency_hz=spec.f_max,
             model=self.sounds.model_info)
 
@@ -203,8 +205,3 @@ def _check_output(request: audio_pb2.SynthesizeRequest) -> None:
                                              f"{SYNTHESIS_RATES[1]} Hz, or 0 for the engine's own"))
     if violations:
         raise InvalidArgument(violations)
-
-
-def _fp32_tensor(array: np.ndarray) -> common_pb2.Tensor:
-    array = np.ascontiguousarray(array, dtype="<f4")
-    return common_pb2.Tensor(dtype=common_pb2.DATA_TYPE_FP32, shape=list(array.shape), data=array.tobytes())

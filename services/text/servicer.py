@@ -10,6 +10,7 @@ import numpy as np
 from modalmesh.v1 import common_pb2, text_pb2, text_pb2_grpc
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.served_model import ServedModel
+from services.runtime.tensors import encode_tensor
 from services.text.embedding_model import SentenceEmbedder, check_texts
 from services.text.generator import ServedGenerator
 from services.text.summarizer import Summarizer, SummaryWriter
@@ -40,8 +41,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         rows = self._prepare(request.texts, request.truncation)
         vectors = np.asarray(await self.embedder.infer(rows, context), dtype=np.float32)
         return text_pb2.EmbedResponse(
-            embeddings=common_pb2.Tensor(dtype=common_pb2.DATA_TYPE_FP32, shape=list(vectors.shape),
-                                         data=vectors.tobytes()),
+            embeddings=encode_tensor(vectors, common_pb2.DATA_TYPE_FP32),
             token_counts=[len(r.ids) for r in rows],
             truncated=[r.truncated for r in rows],
             model=self.embedder.model_info,
