@@ -62,9 +62,13 @@ manifests: $(STAMP) ## Regenerate the Kubernetes/Istio/skaffold files from mesh/
 protos: $(STAMP) ## Regenerate the Python stubs from protos/
 	$(PY) scripts/generate_protos.py
 
-bench: $(STAMP) ## Run the embedding and generation benchmarks (print ratios, write JSON records)
+bench: $(STAMP) system-packages ## Run the benchmarks of every service (print ratios, write JSON records)
 	$(PY) bench/embed_batching.py
 	$(PY) bench/generate_batching.py
+	$(PY) bench/iot_ingest.py
+	$(PY) bench/iot_models.py
+	$(PY) bench/audio_rtf.py
+	$(PY) bench/vision_inspect.py
 
 # The peers' own environments (bench/.venv-ray, bench/.venv-pytriton) are made by the script on first use.
 bench-peers: $(STAMP) ## modalmesh vs Ray Serve vs PyTriton on the same model (BENCH_PEERS_ARGS="--quick" for a smoke test)
