@@ -22,7 +22,7 @@ class AssetType:
     cycle_seconds: float
     # Spacing of telemetry rows the models were trained on (real sensors may differ a little).
     sample_period_ms: int
-    # Latest rows the remaining-life model reads.
+    # Latest rows the remaining-life model reads at most (it needs fewer: its adapter's min_rows).
     window_rows: int
     # Latest rows one anomaly window covers.
     anomaly_window_rows: int
@@ -49,7 +49,7 @@ CENTRIFUGAL_PUMP = AssetType(
     units=("rad/s", "m3/s", "K", "K", "K", "Pa", "Pa", "K", "V"),
     cycle_seconds=3600.0,
     sample_period_ms=60_000,
-    window_rows=24 * 60,
+    window_rows=7 * 24 * 60,
     anomaly_window_rows=60,
 )
 
