@@ -15,6 +15,7 @@ from apps.manufacturing.updates import FleetUpdates
 from apps.twins import TwinStore, finite
 from modalmesh.v1 import audio_pb2, audio_pb2_grpc, common_pb2, vision_pb2, vision_pb2_grpc
 from services.iot.mqtt_bridge import topics
+from services.runtime.tensors import decode_tensor
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,6 @@ def _defect_label(defect_class: int) -> str:
     return vision_pb2.DefectClass.Name(defect_class).removeprefix("DEFECT_CLASS_").lower()
 
 
-_NUMPY = {common_pb2.DATA_TYPE_UINT8: np.uint8, common_pb2.DATA_TYPE_FP32: np.float32}
-
-
 def _array(tensor: common_pb2.Tensor) -> np.ndarray | None:
-    if tensor.dtype not in _NUMPY or not tensor.shape:
-        return None
-    return np.frombuffer(tensor.data, dtype=np.dtype(_NUMPY[tensor.dtype]).newbyteorder("<")).reshape(
-        tuple(tensor.shape))
+    """The response's image-like tensor, or None where the service sent none."""
+    return decode_tensor(tensor) if tensor.shape else None

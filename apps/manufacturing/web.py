@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from apps.manufacturing import assets, charts, pictures
 from apps.manufacturing.fleet import Fleet, ServiceDown, summary
 from apps.manufacturing.workorders import ACTIVE, STATES, InvalidTransition
+from services.runtime.tensors import decode_tensor
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +193,7 @@ def _rul_chart(events) -> str:
 
 
 def _telemetry_arrays(reply) -> tuple[np.ndarray, np.ndarray]:
-    times = np.frombuffer(reply.timestamps_ms.data, dtype="<i8")
-    values = np.frombuffer(reply.values.data, dtype="<f4").reshape(len(times), len(reply.sensors))
-    return times, values
+    return decode_tensor(reply.timestamps_ms, "timestamps_ms"), decode_tensor(reply.values, "values")
 
 
 def _telemetry_charts(reply) -> list[str]:

@@ -136,6 +136,11 @@ def tensor_array(tensor: common_pb2.Tensor, dtype: np.dtype, field: str, where: 
     return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
 
 
+def decode_tensor(tensor: common_pb2.Tensor, field: str = "tensor") -> np.ndarray:
+    """Any Tensor as the array it carries (a client reading a response: every dtype, any shape)."""
+    return tensor_array(tensor, tensor_dtype(tensor, tuple(TENSOR_DTYPES), field), field)
+
+
 def encode_tensor(array: np.ndarray, dtype: int) -> common_pb2.Tensor:
     """A response's Tensor: the array converted to ``dtype``'s little-endian type, row-major."""
     data = np.ascontiguousarray(array, dtype=TENSOR_DTYPES[dtype])
