@@ -516,7 +516,7 @@ def test_assets_without_enough_telemetry_are_refused_when_named_and_skipped_othe
     with pytest.raises(grpc.RpcError) as error:
         iot.PredictRemainingLife(iot_pb2.PredictRemainingLifeRequest(asset_ids=[ids["healthy"], ids["young"]]))
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert f"{ids['young']} has 100 rows and needs {CENTRIFUGAL_PUMP.window_rows}" in error.value.details()
+    assert f"{ids['young']} has 100 rows and needs {24 * 60}" in error.value.details()
     everyone = {a.asset_id for a in iot.PredictRemainingLife(iot_pb2.PredictRemainingLifeRequest()).assets}
     assert {ids["healthy"], ids["overheating"]} <= everyone and ids["young"] not in everyone
     young = iot.DetectAnomalies(iot_pb2.DetectAnomaliesRequest(asset_ids=[ids["young"]], windows=64))

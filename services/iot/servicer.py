@@ -68,7 +68,11 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
         if not 1 <= windows <= MAX_WINDOWS:
             raise InvalidArgument(("windows", f"{windows} windows; ask for 1 to {MAX_WINDOWS}"))
         assets = await self._assets_with_rows(request.asset_ids, lambda a: a.asset_type.anomaly_window_rows)
-        scored = await asyncio.gather(*(self._score_windows(model, asset, windows, context) for asset in assets))
+        # One read of every asset's windows, one request to the model: the call's rows batch together.
+        windows_of = await asyncio.to_thread(lambda: [self._latest_windows(a, windows) for a in assets])
+        results = iter(await _infer(model, [w for rows in windows_of for w in rows], context))
+        scored = [_anomalies(asset, rows, [next(results) for _ in rows], model)
+                  for asset, rows in zip(assets, windows_of)]
         return iot_pb2.DetectAnomaliesResponse(assets=scored, model=model.model_info)
 
     async def PredictRemainingLife(self, request: iot_pb2.PredictRemainingLifeRequest,
@@ -76,34 +80,21 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
         model = _require(self.remaining_life, "remaining-life", "MODALMESH_REMAINING_LIFE_MODEL")
         model.require_ready()
         assets = await self._assets_with_rows(request.asset_ids, lambda a: model.adapter.min_rows)
-        estimates = await asyncio.gather(*(self._estimate_life(model, asset, context) for asset in assets))
-        return iot_pb2.PredictRemainingLifeResponse(assets=estimates, model=model.model_info)
+        latest = await asyncio.to_thread(
+            lambda: [self.store.read_latest(a.asset_id, a.asset_type.window_rows) for a in assets])
+        estimates = await _infer(model, [TelemetryWindow(w.timestamps_ms, w.values) for w in latest], context)
+        return iot_pb2.PredictRemainingLifeResponse(
+            assets=[_remaining_life(a, w, e) for a, w, e in zip(assets, latest, estimates)], model=model.model_info)
 
     # -- models over the latest windows -----------------------------------------------------------
 
-    async def _score_windows(self, model: ServedModel, asset: StoredAsset, windows: int,
-                             context) -> iot_pb2.AssetAnomalies:
+    def _latest_windows(self, asset: StoredAsset, windows: int) -> list[TelemetryWindow]:
+        """Up to ``windows`` whole anomaly windows ending at the latest row, oldest first."""
         width = asset.asset_type.anomaly_window_rows
-        latest = await asyncio.to_thread(self.store.read_latest, asset.asset_id, windows * width)
-        whole = len(latest) // width * width   # windows end at the latest row; a partial oldest one is left out
-        rows = [TelemetryWindow(latest.timestamps_ms[i:i + width], latest.values[i:i + width])
+        latest = self.store.read_latest(asset.asset_id, windows * width)
+        whole = len(latest) // width * width   # a partial oldest window is left out
+        return [TelemetryWindow(latest.timestamps_ms[i:i + width], latest.values[i:i + width])
                 for i in range(len(latest) - whole, len(latest), width)]
-        results = await model.infer(rows, context)
-        return iot_pb2.AssetAnomalies(
-            asset_id=asset.asset_id,
-            windows=[iot_pb2.WindowScore(start_ms=int(w.timestamps_ms[0]), end_ms=int(w.timestamps_ms[-1]),
-                                         score=float(r.score), anomalous=bool(r.anomalous))
-                     for w, r in zip(rows, results)],
-            threshold=float(model.adapter.threshold),
-            top_sensors=_top_sensors(asset.asset_type, results[-1].contributions))
-
-    async def _estimate_life(self, model: ServedModel, asset: StoredAsset, context) -> iot_pb2.RemainingLife:
-        latest = await asyncio.to_thread(self.store.read_latest, asset.asset_id, asset.asset_type.window_rows)
-        (estimate,) = await model.infer([TelemetryWindow(latest.timestamps_ms, latest.values)], context)
-        return iot_pb2.RemainingLife(asset_id=asset.asset_id, cycles=estimate.cycles,
-                                     lower_cycles=estimate.lower_cycles, upper_cycles=estimate.upper_cycles,
-                                     coverage=estimate.coverage, as_of_ms=int(latest.timestamps_ms[-1]),
-                                     cycle_seconds=asset.asset_type.cycle_seconds)
 
     # -- which assets ------------------------------------------------------------------------------
 
@@ -168,3 +159,28 @@ def _top_sensors(asset_type: AssetType, contributions) -> list[str]:
 def _asset(asset: StoredAsset) -> iot_pb2.Asset:
     return iot_pb2.Asset(asset_id=asset.asset_id, type=asset.asset_type.to_proto(), stored_rows=asset.stored_rows,
                          last_timestamp_ms=asset.last_timestamp_ms)
+
+
+async def _infer(model: ServedModel, rows: list, context) -> list:
+    """One result per row, in order: in requests of at most the model's batch size, which run together."""
+    size = model.max_batch_size
+    parts = await asyncio.gather(*(model.infer(rows[i:i + size], context) for i in range(0, len(rows), size)))
+    return [result for part in parts for result in part]
+
+
+def _anomalies(asset: StoredAsset, rows: list[TelemetryWindow], results: list,
+               model: ServedModel) -> iot_pb2.AssetAnomalies:
+    return iot_pb2.AssetAnomalies(
+        asset_id=asset.asset_id,
+        windows=[iot_pb2.WindowScore(start_ms=int(w.timestamps_ms[0]), end_ms=int(w.timestamps_ms[-1]),
+                                     score=float(r.score), anomalous=bool(r.anomalous))
+                 for w, r in zip(rows, results)],
+        threshold=float(model.adapter.threshold),
+        top_sensors=_top_sensors(asset.asset_type, results[-1].contributions))
+
+
+def _remaining_life(asset: StoredAsset, latest, estimate) -> iot_pb2.RemainingLife:
+    return iot_pb2.RemainingLife(asset_id=asset.asset_id, cycles=estimate.cycles,
+                                 lower_cycles=estimate.lower_cycles, upper_cycles=estimate.upper_cycles,
+                                 coverage=estimate.coverage, as_of_ms=int(latest.timestamps_ms[-1]),
+                                 cycle_seconds=asset.asset_type.cycle_seconds)
