@@ -49,8 +49,8 @@ class ManufacturingSettings(ServiceSettings):
                                                    "remaining life estimate falls below this")
     anomaly_persistence_windows: int = Field(3, ge=1, le=64, description="A work order opens when this many "
                                              "consecutive telemetry windows, the latest included, are anomalous")
-    health_reference_cycles: float = Field(1000.0, gt=0, description="Remaining life at which the health index "
-                                           "is 1")
+    health_reference_cycles: float = Field(150.0, gt=0, description="Remaining life at which the health index "
+                                           "is 1 (the packaged model reads at most 150 cycles)")
     media_queue: int = Field(64, ge=1, description="Media waiting to be scored; past it the oldest are dropped")
 
 
