@@ -2,7 +2,7 @@
 
 In the pod every workload runs with a read-only root filesystem, only /tmp (an emptyDir) and the
 model cache as volumes, offline, with the environment of the Dockerfile's runtime stage. Here the
-text service runs under the same conditions: in a mount namespace of its own where every
+text service, then every other workload, runs under the same conditions: in a mount namespace of its own where every
 filesystem is read-only, a fresh tmpfs standing in for /tmp, and that environment. If the
 service, PyTorch, transformers or the embedding package tried to write anywhere else (a cache, a
 .pyc, a lock file) or to reach the hub, it would fail here as it would in the pod.
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from modalmesh.launch import launch
+from modalmesh.workloads import load_workloads
 from modalmesh.v1 import text_pb2, text_pb2_grpc
 from services.runtime.identity import spiffe_id
 from tests.support import ROOT
@@ -86,6 +87,22 @@ def test_the_service_serves_on_a_read_only_root_filesystem(pki, tmp_path, scratc
                 metadata=[("x-forwarded-client-cert", f"By={spiffe_id('text')};URI={spiffe_id('cli')}")])
         assert list(reply.embeddings.shape) == [1, 384]
         assert reply.model.name == "all-MiniLM-L6-v2"
+    finally:
+        code = service.stop()
+    assert code == 0, service.log_tail()
+
+
+@pytest.mark.parametrize("workload", [w for w in load_workloads() if w.name != "text"], ids=lambda w: w.name)
+def test_every_workload_starts_on_a_read_only_root_filesystem(pki, tmp_path, scratch, workload):
+    """Each workload as its pod runs it: sidecar mode, the image's environment, data only under
+    MODALMESH_DATA_DIR (its volume; /tmp for the others), nothing written anywhere else."""
+    environment = {k: v.replace("/tmp", str(scratch)) for k, v in runtime_environment().items() if k != "PATH"}
+    environment["TMPDIR"] = str(scratch)
+    service = launch(workload.module, pki, tmp_path, workload.name, wrapper=read_only(scratch),
+                     environment=environment, tls_mode="sidecar", data_dir=scratch / "data", model_threads=1)
+    try:
+        service.wait_serving(180)
+        assert service.health() == "SERVING"
     finally:
         code = service.stop()
     assert code == 0, service.log_tail()
