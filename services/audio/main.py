@@ -17,6 +17,7 @@ from services.runtime.server import Runtime, Service, run_service
 from services.runtime.settings import Precision, ServiceSettings
 
 POCKETSPHINX = "pocketsphinx"
+ESPEAK = "espeak-ng"
 
 
 class AudioSettings(ServiceSettings):
@@ -37,6 +38,9 @@ class AudioSettings(ServiceSettings):
                                              "seconds of audio (Whisper: at most its 30 s window)")
     transcription_partial_every_s: float = Field(2.0, gt=0, description="Whisper: re-read a stream for a partial "
                                                  "hypothesis after this much new audio")
+    synthesis_model: str = Field(ESPEAK, description="'espeak-ng' (Debian package), or a VITS model (e.g. "
+                                 "facebook/mms-tts-eng) by Hugging Face id in the local cache or local path")
+    synthesis_precision: Precision | None = Field(None, description="Overrides MODALMESH_PRECISION for VITS")
     sound_anomaly_model: Path = Field(MODEL_DIR, description="Folder of a model written by "
                                       "scripts/train_machine_sound_model.py")
 
@@ -55,6 +59,16 @@ def transcriber(settings: AudioSettings) -> ModelAdapter:
                              max_stream_seconds=settings.transcription_max_seconds)
 
 
+def synthesizer(settings: AudioSettings) -> ModelAdapter:
+    if settings.synthesis_model == ESPEAK:
+        return EspeakSynthesizer()
+    from services.audio.neural_speech import VitsSynthesizer
+
+    return VitsSynthesizer(settings.synthesis_model, device=settings.device,
+                           precision=settings.synthesis_precision or settings.precision,
+                           threads=settings.model_threads, instances=settings.model_instances)
+
+
 def build(runtime: Runtime) -> Service:
     settings: AudioSettings = runtime.settings
     threads = {"threads": settings.model_threads, "instances": settings.model_instances}
@@ -63,7 +77,7 @@ def build(runtime: Runtime) -> Service:
     recognizer = runtime.serve_model(_served_name(settings.transcription_model), recognizer_adapter)
     sounds = runtime.serve_model("machine-sound-autoencoder",
                                  MachineSoundScorer(settings.sound_anomaly_model, **threads))
-    speech = runtime.serve_model("espeak-ng", EspeakSynthesizer())
+    speech = runtime.serve_model(_served_name(settings.synthesis_model), synthesizer(settings))
     servicer = AudioServicer(voice, recognizer, sounds, speech)
     return Service(models=[voice, recognizer, sounds, speech], servicers=[
         (audio_pb2_grpc.add_AudioServiceServicer_to_server, servicer, "modalmesh.v1.AudioService"),

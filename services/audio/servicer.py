@@ -11,7 +11,7 @@ from modalmesh.v1 import audio_pb2, audio_pb2_grpc, common_pb2
 from services.audio import audio_io
 from services.audio.sound_anomaly import MachineSoundScorer
 from services.audio.speech_recognition import RecognitionStep, grammar_from_phrases, MAX_GRAMMAR_BYTES
-from services.audio.speech_synthesis import DEFAULT_VOICE, DEFAULT_WORDS_PER_MINUTE, SpeechRequest
+from services.audio.speech_synthesis import DEFAULT_WORDS_PER_MINUTE, SpeechRequest
 from services.audio.voice_activity import VoiceQuery
 from services.runtime.errors import InvalidArgument
 from services.runtime.served_model import ServedModel
@@ -101,9 +101,9 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
 
     async def Synthesize(self, request: audio_pb2.SynthesizeRequest, context) -> audio_pb2.SynthesizeResponse:
         _check_output(request)
-        row = SpeechRequest(request.text, request.voice or DEFAULT_VOICE,
-                            request.words_per_minute or DEFAULT_WORDS_PER_MINUTE)
         self.speech.require_ready()
+        row = SpeechRequest(request.text, request.voice or self.speech.adapter.default_voice,
+                            request.words_per_minute or DEFAULT_WORDS_PER_MINUTE)
         self.speech.adapter.check(row)
         [speech] = await self.speech.infer([row], context)
         rate = request.sample_rate_hz or speech.sample_rate

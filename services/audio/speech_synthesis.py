@@ -41,6 +41,8 @@ class Speech:
 class EspeakSynthesizer(ModelAdapter):
     """Rows are SpeechRequests, results Speech."""
 
+    default_voice = DEFAULT_VOICE
+
     def __init__(self):
         self.binary = ""
         self.voices: frozenset[str] = frozenset()
