@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from services.audio.speech_synthesis import (DEFAULT_WORDS_PER_MINUTE, MAX_TEXT_CHARS, MAX_WORDS_PER_MINUTE,
