@@ -159,6 +159,17 @@ def test_bad_requests_are_refused_and_the_service_stays_serving(audio, service, 
     assert synthesize(audio, voice="speaker-0").duration_s > 0
 
 
+def test_speech_past_the_message_limit_is_refused_with_the_sizes(audio, service):
+    """2,000 characters at 80 words/min, 48 kHz, 32-bit: minutes of audio, past the 16 MiB gRPC limit."""
+    with pytest.raises(grpc.RpcError) as error:
+        synthesize(audio, text="open the valve. " * 125, words_per_minute=80, sample_rate_hz=48000,
+                   encoding=audio_pb2.AUDIO_ENCODING_PCM_F32LE)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [(field, message)] = bad_request_of(error.value)
+    assert field == "text" and "message limit" in message
+    assert service.health() == "SERVING"
+
+
 def test_a_local_path_loads_and_names_its_folder(model_dir):
     synthesizer = VitsSynthesizer(str(model_dir), device="cpu", threads=1)
     synthesizer.load()

@@ -78,7 +78,7 @@ def build(runtime: Runtime) -> Service:
     sounds = runtime.serve_model("machine-sound-autoencoder",
                                  MachineSoundScorer(settings.sound_anomaly_model, **threads))
     speech = runtime.serve_model(_served_name(settings.synthesis_model), synthesizer(settings))
-    servicer = AudioServicer(voice, recognizer, sounds, speech)
+    servicer = AudioServicer(voice, recognizer, sounds, speech, settings.max_message_bytes)
     return Service(models=[voice, recognizer, sounds, speech], servicers=[
         (audio_pb2_grpc.add_AudioServiceServicer_to_server, servicer, "modalmesh.v1.AudioService"),
     ])

@@ -13,6 +13,7 @@ from services.audio.sound_anomaly import MachineSoundScorer
 from services.audio.speech_recognition import RecognitionStep, grammar_from_phrases, MAX_GRAMMAR_BYTES
 from services.audio.speech_synthesis import DEFAULT_WORDS_PER_MINUTE, SpeechRequest
 from services.audio.voice_activity import VoiceQuery
+from services.runtime.settings import DEFAULT_MAX_MESSAGE_BYTES
 from services.runtime.errors import InvalidArgument
 from services.runtime.served_model import ServedModel
 from services.runtime.tensors import encode_tensor
@@ -23,15 +24,19 @@ MIN_SOUND_SECONDS = 0.25
 CONTAINER_STEP_S = 1.0
 MAX_CONTAINER_BYTES = 128 << 20   # a buffered WAV/FLAC stream is fed to the recogniser a second at a time
 SYNTHESIS_RATES = (8_000, 48_000)
+REPLY_OVERHEAD_BYTES = 4096        # a SynthesizeResponse's fields besides its audio bytes
 ENCODINGS = set(audio_pb2.AudioEncoding.values()) - {audio_pb2.AUDIO_ENCODING_UNSPECIFIED}
 
 
 class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
-    def __init__(self, voice: ServedModel, recognizer: ServedModel, sounds: ServedModel, speech: ServedModel):
+    def __init__(self, voice: ServedModel, recognizer: ServedModel, sounds: ServedModel, speech: ServedModel,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         self.voice = voice
         self.recognizer = recognizer
         self.sounds = sounds
         self.speech = speech
+        # A reply past the gRPC limit would fail only after the synthesis, as a bare transport error.
+        self.max_audio_bytes = max_message_bytes - REPLY_OVERHEAD_BYTES
 
     async def DetectVoice(self, request: audio_pb2.DetectVoiceRequest, context) -> audio_pb2.DetectVoiceResponse:
         query = _voice_settings(request)
@@ -109,6 +114,11 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
         rate = request.sample_rate_hz or speech.sample_rate
         samples = audio_io.to_model_rate(speech.samples, speech.sample_rate, rate)
         audio = await asyncio.to_thread(audio_io.encode, samples, rate, request.encoding)
+        if len(audio.data) > self.max_audio_bytes:
+            raise InvalidArgument(("text", f"its speech ({len(samples) / rate:.0f} s at {rate} Hz) takes "
+                                           f"{len(audio.data) / 2**20:.1f} MiB, past the message limit of "
+                                           f"{self.max_audio_bytes / 2**20:.1f} MiB; send a shorter text, a lower "
+                                           "rate or FLAC"))
         return audio_pb2.SynthesizeResponse(audio=audio, duration_s=len(samples) / rate, model=self.speech.model_info)
 
 
