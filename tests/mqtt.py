@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from modalmesh.home import MeshHome
 from modalmesh.launch import ServiceProcess, free_port, launch
@@ -96,3 +97,18 @@ def wait_listening(port: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {port}")
+
+
+@pytest.fixture(scope="module")
+def broker(pki, tmp_path_factory):
+    """One broker per test module (import this fixture, with close_clients, into the module)."""
+    broker = start_broker(pki, tmp_path_factory.mktemp("broker"))
+    yield broker
+    assert broker.stop() == 0, broker.process.log_tail()
+
+
+@pytest.fixture(autouse=True)
+def close_clients(broker):
+    """Each test's MQTT clients disconnect after it."""
+    yield
+    broker.close_clients()

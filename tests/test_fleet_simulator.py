@@ -15,24 +15,11 @@ from apps.manufacturing.simulator import FleetClock, bearing_severity, defect_pr
 from modalmesh.launch import launch
 from services.iot.asset_types import CENTRIFUGAL_PUMP
 from services.iot.mqtt_bridge import topics
-from tests.mqtt import start_broker
+from tests.mqtt import broker, close_clients  # noqa: F401 - fixtures
 from tests.support import metric, wait_for
 
 SENSORS = CENTRIFUGAL_PUMP.sensors
 MINUTE_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def broker(pki, tmp_path_factory):
-    broker = start_broker(pki, tmp_path_factory.mktemp("broker"))
-    yield broker
-    assert broker.stop() == 0, broker.process.log_tail()
-
-
-@pytest.fixture(autouse=True)
-def _close_clients(broker):
-    yield
-    broker.close_clients()
 
 
 def start_simulator(pki, broker, tmp, **settings):

@@ -20,23 +20,10 @@ from modalmesh.launch import launch
 from modalmesh.v1 import iot_pb2, iot_pb2_grpc
 from services.iot.asset_types import CENTRIFUGAL_PUMP
 from services.iot.mqtt_bridge import topics
-from tests.mqtt import start_broker
+from tests.mqtt import broker, close_clients  # noqa: F401 - fixtures
 from tests.support import ServiceProcess, free_port, metric, start_service, wait_for
 
 PUMP = "centrifugal-pump"
-
-
-@pytest.fixture(scope="module")
-def broker(pki, tmp_path_factory):
-    broker = start_broker(pki, tmp_path_factory.mktemp("broker"))
-    yield broker
-    assert broker.stop() == 0, broker.process.log_tail()
-
-
-@pytest.fixture(autouse=True)
-def _close_clients(broker):
-    yield
-    broker.close_clients()
 
 
 def test_acl_is_rendered_from_the_grants_alone():

@@ -238,15 +238,16 @@ class RemainingLifeModel(ModelAdapter):
 
 
 @torch.inference_mode()
-def predict(net: RemainingLifeNet, features: np.ndarray, mean, std, margins: np.ndarray, scale: float,
+def predict(net: RemainingLifeNet, features: np.ndarray, mean, std, margins: np.ndarray | float, scale: float,
             device=torch.device("cpu")) -> np.ndarray:
     """Point, lower and upper cycles per window, within [0, scale] (the cap); the interval is widened by
-    the margin of the point estimate's bin (`margins`, one per MARGIN_BINS edge)."""
+    the margin of the point estimate's bin (`margins`, one per MARGIN_BINS edge), or by one number for all."""
     x = (torch.as_tensor(features, dtype=torch.float32, device=device) - torch.as_tensor(mean, device=device)) \
         / torch.as_tensor(std, device=device)
     raw = net(x).float().cpu().numpy() * scale
     point = np.clip(raw[:, 0], 0.0, scale)
-    margin = np.asarray(margins)[margin_bin(point)]
+    margins = np.atleast_1d(np.asarray(margins, dtype=np.float64))
+    margin = margins[margin_bin(point)] if len(margins) > 1 else margins[0]
     lower = np.clip(np.minimum(raw[:, 1], point) - margin, 0.0, scale)
     upper = np.clip(np.maximum(raw[:, 2], point) + margin, 0.0, scale)
     return np.stack([point, lower, upper], axis=1)
