@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from modalmesh.launch import ServiceProcess, free_port, launch, metric  # noqa: 
 from services.runtime.settings import REPO_ROOT
 
 ROOT = REPO_ROOT
-__all__ = ["ROOT", "ServiceProcess", "free_port", "metric", "start_service", "wait_for"]
+__all__ = ["ROOT", "ServiceProcess", "free_port", "install_in_hub_cache", "metric", "start_service", "wait_for"]
 
 
 def start_service(module: str, home: MeshHome, tmp: Path, workload: str, **settings) -> ServiceProcess:
@@ -32,3 +33,13 @@ def wait_for(condition, timeout: float = 30.0, interval: float = 0.02) -> None:
             return
         time.sleep(interval)
     raise TimeoutError("condition not met")
+
+
+def install_in_hub_cache(model_dir: Path, hf_home: Path, repo_id: str) -> None:
+    """Lay a saved model out as the Hugging Face hub cache does (what `hf download` leaves behind), so a
+    service loads it by id with HF_HUB_OFFLINE=1 through the same from_pretrained path a user's id takes."""
+    revision = "0" * 40
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)

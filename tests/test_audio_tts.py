@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 
 import grpc
 import numpy as np
@@ -23,7 +22,7 @@ from modalmesh.v1 import audio_pb2, audio_pb2_grpc
 from services.audio.neural_speech import SYNTHESIS_SEED, VitsSynthesizer
 from services.audio.speech_synthesis import SpeechRequest
 from services.runtime.errors import bad_request_of
-from tests.support import start_service
+from tests.support import install_in_hub_cache, start_service
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +53,6 @@ def save_tiny_vits(path) -> None:
     VitsModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
 
-
-def install_in_hub_cache(model_dir, hf_home, repo_id: str) -> None:
-    """Lay the model out as the Hugging Face hub cache does (what `hf download` leaves behind)."""
-    revision = "0" * 40
-    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(model_dir, repo / "snapshots" / revision)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import time
 
@@ -21,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modalmesh.v1 import text_pb2, text_pb2_grpc
 from services.runtime.errors import bad_request_of
-from tests.support import ROOT, metric, start_service, wait_for
+from tests.support import ROOT, install_in_hub_cache, metric, start_service, wait_for
 from tests.tiny_lm import build_tiny_llama
 
 pytestmark = pytest.mark.slow
@@ -30,14 +29,6 @@ SERVED_NAME = "tiny-llama"
 TRITON_PYTHON = ROOT / ".venv-tritonclient" / "bin" / "python"
 PROMPTS = [f"Robot {i} walked to the harbour" + " and counted ships" * (i % 4) for i in range(32)]
 
-
-def install_in_hub_cache(model_dir, hf_home, repo_id: str):
-    """Lay the model out as the Hugging Face hub cache does (what `hf download` leaves behind)."""
-    revision = "0" * 40
-    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(model_dir, repo / "snapshots" / revision)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
 
 
 @pytest.fixture(scope="module")

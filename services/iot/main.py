@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
@@ -46,32 +48,23 @@ def build(runtime: Runtime) -> Service:
     limits = IngestLimits(max_rows_per_batch=settings.ingest_max_rows_per_batch,
                           per_stream=settings.ingest_stream_in_flight, total=settings.ingest_total_in_flight)
     ingest = TelemetryIngest(store, limits, IngestMetrics(runtime.metrics))
-    anomaly = _anomaly_model(settings, runtime)
-    remaining_life = _remaining_life_model(settings, runtime)
+    anomaly = _served(settings.anomaly_model, "anomaly_model", "AnomalyModel", settings, runtime)
+    remaining_life = _served(settings.remaining_life_model, "remaining_life", "RemainingLifeModel", settings, runtime)
     servicer = IoTServicer(store, ingest, anomaly=anomaly, remaining_life=remaining_life)
     return Service(models=[m for m in (anomaly, remaining_life) if m is not None], servicers=[
         (iot_pb2_grpc.add_IoTServiceServicer_to_server, servicer, "modalmesh.v1.IoTService"),
     ])
 
 
-def _anomaly_model(settings: IoTSettings, runtime: Runtime) -> ServedModel | None:
-    if not settings.anomaly_model:
+def _served(setting: str, module: str, adapter_class: str, settings: IoTSettings,
+            runtime: Runtime) -> ServedModel | None:
+    """The packaged model, a weights file, or none ('')."""
+    if not setting:
         return None
-    from services.iot import anomaly_model   # torch loads only when a model is served
-
-    adapter = anomaly_model.AnomalyModel(_weights(settings.anomaly_model), device=settings.device,
-                                         threads=settings.model_threads, instances=settings.model_instances)
-    return runtime.serve_model(anomaly_model.NAME, adapter)
-
-
-def _remaining_life_model(settings: IoTSettings, runtime: Runtime) -> ServedModel | None:
-    if not settings.remaining_life_model:
-        return None
-    from services.iot import remaining_life
-
-    adapter = remaining_life.RemainingLifeModel(_weights(settings.remaining_life_model), device=settings.device,
-                                                threads=settings.model_threads, instances=settings.model_instances)
-    return runtime.serve_model(remaining_life.NAME, adapter)
+    models = importlib.import_module(f"services.iot.{module}")   # torch loads only when a model is served
+    adapter = getattr(models, adapter_class)(_weights(setting), device=settings.device,
+                                             threads=settings.model_threads, instances=settings.model_instances)
+    return runtime.serve_model(models.NAME, adapter)
 
 
 def _weights(setting: str) -> str | None:
