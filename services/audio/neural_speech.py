@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from services.audio.speech_synthesis import (DEFAULT_WORDS_PER_MINUTE, MAX_TEXT_CHARS, MAX_WORDS_PER_MINUTE,
-                                             MIN_WORDS_PER_MINUTE, Speech, SpeechRequest)
+from services.audio.speech_synthesis import DEFAULT_WORDS_PER_MINUTE, Speech, SpeechRequest, speech_violations
 from services.runtime.adapter import ModelAdapter, ModelDescription
 from services.runtime.devices import configure_threads, pick_device, pick_dtype
 from services.runtime.errors import InvalidArgument
@@ -74,19 +73,11 @@ class VitsSynthesizer(ModelAdapter):
         self.model = None
 
     def check(self, request: SpeechRequest) -> None:
-        violations = []
-        if not request.text.strip():
-            violations.append(("text", "empty text"))
-        elif len(request.text) > MAX_TEXT_CHARS:
-            violations.append(("text", f"{len(request.text)} characters exceed the limit of {MAX_TEXT_CHARS}"))
-        elif not self._spoken_characters(request.text):
-            violations.append(("text", "no character of the text is in the model's vocabulary"))
-        if request.voice not in self.voices:
-            violations.append(("voice", f"{request.voice[:64]!r} is not a voice of {self._description.name}; "
-                                        f"give {self._voice_range()} or leave it empty"))
-        if not MIN_WORDS_PER_MINUTE <= request.words_per_minute <= MAX_WORDS_PER_MINUTE:
-            violations.append(("words_per_minute", f"{request.words_per_minute}; give {MIN_WORDS_PER_MINUTE} to "
-                                                   f"{MAX_WORDS_PER_MINUTE}"))
+        violations = speech_violations(request, self.voices,
+                                       f"{request.voice[:64]!r} is not a voice of {self._description.name}; "
+                                       f"give {self._voice_range()} or leave it empty")
+        if not any(field == "text" for field, _ in violations) and not self._spoken_characters(request.text):
+            violations.insert(0, ("text", "no character of the text is in the model's vocabulary"))
         if violations:
             raise InvalidArgument(violations)
 

@@ -75,16 +75,8 @@ class EspeakSynthesizer(ModelAdapter):
                                 "formant synthesis", device="cpu", dtype="int16")
 
     def check(self, request: SpeechRequest) -> None:
-        violations = []
-        if not request.text.strip():
-            violations.append(("text", "empty text"))
-        elif len(request.text) > MAX_TEXT_CHARS:
-            violations.append(("text", f"{len(request.text)} characters exceed the limit of {MAX_TEXT_CHARS}"))
-        if request.voice not in self.voices:
-            violations.append(("voice", f"unknown voice {request.voice[:64]!r}; e.g. en-us, en-gb, de, fr"))
-        if not MIN_WORDS_PER_MINUTE <= request.words_per_minute <= MAX_WORDS_PER_MINUTE:
-            violations.append(("words_per_minute", f"{request.words_per_minute}; give {MIN_WORDS_PER_MINUTE} to "
-                                                   f"{MAX_WORDS_PER_MINUTE}"))
+        violations = speech_violations(request, self.voices,
+                                       f"unknown voice {request.voice[:64]!r}; e.g. en-us, en-gb, de, fr")
         if violations:
             raise InvalidArgument(violations)
 
@@ -96,3 +88,18 @@ class EspeakSynthesizer(ModelAdapter):
                              input=request.text.encode(), capture_output=True, check=True, timeout=TIMEOUT_S).stdout
         samples, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
         return Speech(samples.reshape(-1), rate)
+
+
+def speech_violations(request: SpeechRequest, voices, unknown_voice: str) -> list[tuple[str, str]]:
+    """What every synthesizer refuses: empty or over-long text, a voice it lacks, a rate out of range."""
+    violations = []
+    if not request.text.strip():
+        violations.append(("text", "empty text"))
+    elif len(request.text) > MAX_TEXT_CHARS:
+        violations.append(("text", f"{len(request.text)} characters exceed the limit of {MAX_TEXT_CHARS}"))
+    if request.voice not in voices:
+        violations.append(("voice", unknown_voice))
+    if not MIN_WORDS_PER_MINUTE <= request.words_per_minute <= MAX_WORDS_PER_MINUTE:
+        violations.append(("words_per_minute", f"{request.words_per_minute}; give {MIN_WORDS_PER_MINUTE} to "
+                                               f"{MAX_WORDS_PER_MINUTE}"))
+    return violations
