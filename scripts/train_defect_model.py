@@ -1,7 +1,7 @@
 """Train the surface-defect segmentation model on synthetic surfaces and score it on held-out ones.
 
     .venv/bin/python scripts/train_defect_model.py                # writes services/vision/models/surface-defects
-    .venv/bin/python scripts/train_defect_model.py --quick --out /tmp/defects   # smoke run, ~20 s
+    .venv/bin/python scripts/train_defect_model.py --quick --out /tmp/defects   # smoke run, ~40 s
 
 Data: services/vision/textures.py draws brushed-metal, cast, woven and painted surfaces with scratches,
 spots and cracks, and their masks. Training images and held-out images come from different seeds, so
