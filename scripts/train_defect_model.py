@@ -52,8 +52,9 @@ MIN_SCORES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFECT_PROBABILITY = 0.7
 # Shares of the training images per side: the sizes the service inspects (the fleet simulator sends 128 px).
 TRAIN_SIZES = {128: 0.4, 192: 0.2, 256: 0.4}
-# Hard negatives: the grain of brushed metal is what a model takes for scratches (and the grain hides
-# scratches that run along it), so extra brushed-metal parts, half of them clean, feed a share of every batch.
+# Hard negatives, optional (--brushed-share): the grain of brushed metal is what a model takes for scratches,
+# so extra brushed-metal parts, half of them clean, can feed a share of every batch. Off by default: a quarter
+# or 40% of each batch scored worse on the validation images than none (docs/models.md).
 BRUSHED_SIZES = {192: 0.3, 256: 0.7}
 BRUSHED_DEFECT_PROBABILITY = 0.5
 # Cross-entropy weights: defect pixels are rare, and a missed thin line costs more than a fat border.
