@@ -299,10 +299,10 @@ class Supervisor:
         if self.phase != "failed":
             self.phase = "stopping"
         running = [child for child in self.children if child.process is not None]
-        self._write_state()
-        for child in running:
+        for child in running:   # first: whatever fails after this, every workload has been told to stop
             self._say(f"stopping {child.name} (pid {child.pid})")
             child.signal(signal.SIGTERM)
+        self._write_state()
         deadline = time.monotonic() + max((c.stop_timeout_s for c in running), default=0)
         while time.monotonic() < deadline and self.stop_signals < 2:
             for child in running:
