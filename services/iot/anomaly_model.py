@@ -19,19 +19,15 @@ where to look.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from services.iot.asset_types import CENTRIFUGAL_PUMP, TelemetryWindow
-from services.iot.remaining_life import MODELS_DIR, file_digest
-from services.runtime.adapter import ModelAdapter, ModelDescription
-from services.runtime.devices import configure_threads, pick_device
+from services.iot.packaged_network import PackagedNetwork
 
 NAME = "pump-anomaly-autoencoder"
 ROWS = CENTRIFUGAL_PUMP.anomaly_window_rows
@@ -111,45 +107,28 @@ class WindowAutoencoder(nn.Module):
 
 # -- adapter --------------------------------------------------------------------------------------
 
-class AnomalyModel(ModelAdapter):
+class AnomalyModel(PackagedNetwork):
     """Rows: TelemetryWindow of at least `min_rows` rows (the latest ROWS are scored). Results: AnomalyScore."""
 
-    def __init__(self, weights: str | Path | None = None, device: str = "auto", threads: int = 0,
-                 instances: int = 1):
-        self.path = Path(weights).expanduser() if weights else MODELS_DIR / "anomaly.safetensors"
-        self.device = pick_device(device)
-        self.threads, self.instances = threads, instances
-        self.net: WindowAutoencoder | None = None
-        self.card: dict = {}
+    name = NAME
+    weights_file = "anomaly.safetensors"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.min_rows = ROWS
         self.threshold = float("nan")
-        self._description: ModelDescription | None = None
 
-    def load(self) -> None:
-        from safetensors.torch import load_file
+    def build_network(self, card: dict) -> WindowAutoencoder:
+        return WindowAutoencoder(hidden=card["hidden"], code=card["code"])
 
-        configure_threads(self.threads, self.instances)
-        self.card = json.loads(self.path.with_suffix(".json").read_text())
-        self.net = WindowAutoencoder(hidden=self.card["hidden"], code=self.card["code"])
-        self.net.load_state_dict(load_file(self.path))
-        self.net.to(self.device).eval()
-        self._mean = torch.tensor(self.card["feature_mean"], device=self.device)
-        self._std = torch.tensor(self.card["feature_std"], device=self.device)
-        self.sensor_error_scale = np.array(self.card["sensor_error_scale"])
-        self.threshold = float(self.card["threshold"])
-        self._description = ModelDescription(
-            name=self.card.get("name", NAME), version=file_digest(self.path),
-            provenance=self.card["provenance"] if self.path.parent == MODELS_DIR
-            else f"local path {self.path.resolve()} ({self.card['provenance']})",
-            device=str(self.device), dtype="float32")
+    def read_card(self, card: dict) -> None:
+        self.sensor_error_scale = np.array(card["sensor_error_scale"])
+        self.threshold = float(card["threshold"])
 
     def warm_up(self) -> None:
         rng = np.random.default_rng(0)
         values = (300 + rng.standard_normal((ROWS, len(SENSORS))) * REFERENCE_NOISE).astype(np.float32)
         self.run_batch([TelemetryWindow(np.arange(ROWS, dtype=np.int64) * 60_000, values)] * 4)
-
-    def describe(self) -> ModelDescription:
-        return self._description
 
     @classmethod
     def from_trained(cls, net: WindowAutoencoder, mean: np.ndarray, std: np.ndarray,

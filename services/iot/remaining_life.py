@@ -28,21 +28,16 @@ hour empty; an empty hour repeats the nearest older one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from services.iot.asset_types import CENTRIFUGAL_PUMP, TelemetryWindow
-from services.runtime.adapter import ModelAdapter, ModelDescription
-from services.runtime.devices import configure_threads, pick_device
+from services.iot.packaged_network import MODELS_DIR, PackagedNetwork  # noqa: F401 - MODELS_DIR: scripts and tests
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
 NAME = "pump-remaining-life"
 HISTORY_HOURS = CENTRIFUGAL_PUMP.window_rows * CENTRIFUGAL_PUMP.sample_period_ms // 3_600_000   # a week
 MIN_HOURS = 24       # a fresh asset gets an estimate after a day
@@ -174,47 +169,30 @@ def fit(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, scale: float = RUL
 
 # -- adapter --------------------------------------------------------------------------------------
 
-class RemainingLifeModel(ModelAdapter):
+class RemainingLifeModel(PackagedNetwork):
     """Rows: TelemetryWindow of at least `min_rows` rows. Results: one RemainingLifeEstimate per row."""
 
-    def __init__(self, weights: str | Path | None = None, device: str = "auto", threads: int = 0,
-                 instances: int = 1):
-        self.path = Path(weights).expanduser() if weights else MODELS_DIR / "remaining_life.safetensors"
-        self.device = pick_device(device)
-        self.threads, self.instances = threads, instances
-        self.net: RemainingLifeNet | None = None
-        self.card: dict = {}
+    name = NAME
+    weights_file = "remaining_life.safetensors"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.min_rows = MIN_HOURS * HOUR_MS // CENTRIFUGAL_PUMP.sample_period_ms
         self.max_rows = CENTRIFUGAL_PUMP.window_rows
-        self._description: ModelDescription | None = None
 
-    def load(self) -> None:
-        from safetensors.torch import load_file
+    def build_network(self, card: dict) -> RemainingLifeNet:
+        return RemainingLifeNet(channels=card["channels"], cycles=card["history_hours"])
 
-        configure_threads(self.threads, self.instances)
-        self.card = json.loads(self.path.with_suffix(".json").read_text())
-        self.net = RemainingLifeNet(channels=self.card["channels"], cycles=self.card["history_hours"])
-        self.net.load_state_dict(load_file(self.path))
-        self.net.to(self.device).eval()
-        self._mean = torch.tensor(self.card["feature_mean"], device=self.device)
-        self._std = torch.tensor(self.card["feature_std"], device=self.device)
-        self.margins = np.asarray(self.card["interval_margins_cycles"], dtype=np.float64)
-        self.cap = float(self.card["rul_cap_cycles"])
-        self.coverage = float(self.card["coverage"])
-        self._description = ModelDescription(
-            name=self.card.get("name", NAME), version=file_digest(self.path),
-            provenance=self.card["provenance"] if self.path.parent == MODELS_DIR
-            else f"local path {self.path.resolve()} ({self.card['provenance']})",
-            device=str(self.device), dtype="float32")
+    def read_card(self, card: dict) -> None:
+        self.margins = np.asarray(card["interval_margins_cycles"], dtype=np.float64)
+        self.cap = float(card["rul_cap_cycles"])
+        self.coverage = float(card["coverage"])
 
     def warm_up(self) -> None:
         rows = self.min_rows
         window = TelemetryWindow(np.arange(rows, dtype=np.int64) * 60_000,
                                  np.tile(np.array(self.card["feature_mean"][:len(S)], dtype=np.float32), (rows, 1)))
         self.run_batch([window] * 4)
-
-    def describe(self) -> ModelDescription:
-        return self._description
 
     @torch.inference_mode()
     def run_batch(self, rows: Sequence[TelemetryWindow]) -> list[RemainingLifeEstimate]:
@@ -261,7 +239,3 @@ def margin_bin(point: np.ndarray) -> np.ndarray:
 def _latest(window: TelemetryWindow, rows: int) -> TelemetryWindow:
     return TelemetryWindow(window.timestamps_ms[-rows:], window.values[-rows:])
 
-
-def file_digest(path: Path) -> str:
-    """Short content hash of a weights file: the version every response reports."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
