@@ -19,11 +19,12 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+from services.runtime.database import is_sqlite, open_engine
 
 metadata = sa.MetaData()
 
@@ -152,23 +153,18 @@ def now_ms() -> int:
 
 
 def open_database(url: str) -> Engine:
-    """An engine for ``url``; SQLite files get WAL, synchronous=FULL and serialized writers."""
-    if url.startswith("sqlite"):
-        database = sa.engine.make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-        _make_sqlite_durable(engine)
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    """An engine for ``url`` (services/runtime/database.py); on SQLite, writers also queue for the lock."""
+    engine = open_engine(url)
+    if is_sqlite(url):
+        _serialize_sqlite_writers(engine)
+    return engine
 
 
-def _make_sqlite_durable(engine: Engine) -> None:
+def _serialize_sqlite_writers(engine: Engine) -> None:
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None   # SQLAlchemy's "begin" below opens transactions
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000", "foreign_keys=ON"):
-            dbapi_connection.execute(f"PRAGMA {pragma}")
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection):

@@ -38,7 +38,8 @@ from modalmesh.home import MeshHome  # noqa: E402
 from modalmesh.launch import die_with_parent, metric  # noqa: E402
 from modalmesh.v1 import common_pb2, iot_pb2, iot_pb2_grpc  # noqa: E402
 from services.iot.asset_types import CENTRIFUGAL_PUMP  # noqa: E402
-from services.iot.store import TelemetryStore, sqlite_url  # noqa: E402
+from services.iot.store import TelemetryStore  # noqa: E402
+from services.runtime.database import sqlite_url  # noqa: E402
 from services.runtime.channels import secure_channel  # noqa: E402
 
 TARGET_SAMPLES_PER_S = 50_000

@@ -39,7 +39,8 @@ from modalmesh.launch import metric  # noqa: E402
 from modalmesh.v1 import common_pb2, iot_pb2, iot_pb2_grpc  # noqa: E402
 from services.iot.asset_types import ASSET_TYPES, CENTRIFUGAL_PUMP, TelemetryWindow  # noqa: E402
 from services.iot.fleet import EPOCH_MS, MINUTE_MS, MachineSpec, PumpPhysics, measure  # noqa: E402
-from services.iot.store import TelemetryStore, sqlite_url  # noqa: E402
+from services.iot.store import TelemetryStore  # noqa: E402
+from services.runtime.database import sqlite_url  # noqa: E402
 from services.runtime.tensors import encode_tensor  # noqa: E402
 
 SERVICE = "/modalmesh.v1.IoTService/"

@@ -11,7 +11,8 @@ import pytest
 
 from modalmesh.v1 import common_pb2, iot_pb2, iot_pb2_grpc
 from services.iot.asset_types import CENTRIFUGAL_PUMP, TelemetryWindow
-from services.iot.store import NotAfterStored, TelemetryStore, sqlite_url
+from services.iot.store import NotAfterStored, TelemetryStore
+from services.runtime.database import sqlite_url
 from services.runtime.errors import bad_request_of
 from tests.support import metric, start_service
 

@@ -12,7 +12,8 @@ from modalmesh.v1 import iot_pb2_grpc
 from services.iot.asset_types import ASSET_TYPES
 from services.iot.ingest import IngestLimits, IngestMetrics, TelemetryIngest
 from services.iot.servicer import IoTServicer
-from services.iot.store import TelemetryStore, sqlite_url
+from services.iot.store import TelemetryStore
+from services.runtime.database import sqlite_url
 from services.runtime.served_model import ServedModel
 from services.runtime.server import Runtime, Service, run_service
 from services.runtime.settings import REPO_ROOT, ServiceSettings

@@ -24,15 +24,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
-from sqlalchemy import (BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table, create_engine,
-                        event, select, update)
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from services.iot.asset_types import AssetType
+from services.runtime.database import open_engine
 
 TIMESTAMP_DTYPE = np.dtype("<i8")
 VALUE_DTYPE = np.dtype("<f4")
@@ -115,7 +114,7 @@ class TelemetryStore:
     def __init__(self, url: str, asset_types: Mapping[str, AssetType]):
         self.url = url
         self.asset_types = dict(asset_types)
-        self.engine = _engine(url)
+        self.engine = open_engine(url)
         metadata.create_all(self.engine)
         self._lock = threading.Lock()
         # What is stored per asset, kept in step with each commit so ingest checks order without a read.
@@ -288,29 +287,6 @@ class AppendTransaction:
                 raise AppendRaced(asset_id)
         if self._chunks:
             self.connection.execute(chunks_table.insert(), self._chunks)
-
-
-def sqlite_url(path: str | Path) -> str:
-    return f"sqlite:///{Path(path).resolve()}"
-
-
-def _engine(url: str) -> Engine:
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    path = url.split("///", 1)[-1]
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # Connections move between the writer thread and readers' threads, one thread at a time.
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _durable_sqlite(dbapi_connection, _record) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")     # readers never block the writer, nor it them
-        cursor.execute("PRAGMA synchronous=FULL")     # a committed batch is on disk when commit returns
-        cursor.close()
-
-    return engine
 
 
 def _concatenate(result, asset: StoredAsset) -> Telemetry:
