@@ -25,19 +25,27 @@ _sym_db = _symbol_database.Default()
 from modalmesh.v1 import common_pb2 as modalmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modalmesh/v1/vision.proto\x12\x0cmodalmesh.v1\x1a\x19modalmesh/v1/common.proto\"L\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12&\n\x06pixels\x18\x02 \x01(\x0b\x32\x14.modalmesh.v1.TensorH\x00\x42\x08\n\x06source\"\x8d\x01\n\x0eInspectRequest\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.modalmesh.v1.Image\x12\x16\n\tthreshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x31\n\rmask_encoding\x18\x03 \x01(\x0e\x32\x1a.modalmesh.v1.MaskEncodingB\x0c\n\n_threshold\"B\n\x0b\x42oundingBox\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"~\n\x06\x44\x65\x66\x65\x63t\x12/\n\x0c\x64\x65\x66\x65\x63t_class\x18\x01 \x01(\x0e\x32\x19.modalmesh.v1.DefectClass\x12&\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x19.modalmesh.v1.BoundingBox\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04\x61rea\x18\x04 \x01(\x05\"\x86\x02\n\x0fInspectResponse\x12%\n\x07\x64\x65\x66\x65\x63ts\x18\x01 \x03(\x0b\x32\x14.modalmesh.v1.Defect\x12\x14\n\x0c\x64\x65\x66\x65\x63t_score\x18\x02 \x01(\x02\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12&\n\x07verdict\x18\x04 \x01(\x0e\x32\x15.modalmesh.v1.Verdict\x12\"\n\x04mask\x18\x05 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\x12\x10\n\x08mask_png\x18\x06 \x01(\x0c\x12\r\n\x05width\x18\x07 \x01(\x05\x12\x0e\n\x06height\x18\x08 \x01(\x05\x12&\n\x05model\x18\t \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo*t\n\x0b\x44\x65\x66\x65\x63tClass\x12\x1c\n\x18\x44\x45\x46\x45\x43T_CLASS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45\x46\x45\x43T_CLASS_SCRATCH\x10\x01\x12\x15\n\x11\x44\x45\x46\x45\x43T_CLASS_SPOT\x10\x02\x12\x16\n\x12\x44\x45\x46\x45\x43T_CLASS_CRACK\x10\x03*v\n\x0cMaskEncoding\x12\x1d\n\x19MASK_ENCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14MASK_ENCODING_TENSOR\x10\x01\x12\x15\n\x11MASK_ENCODING_PNG\x10\x02\x12\x16\n\x12MASK_ENCODING_NONE\x10\x03*F\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_PASS\x10\x01\x12\x10\n\x0cVERDICT_FAIL\x10\x02\x32W\n\rVisionService\x12\x46\n\x07Inspect\x12\x1c.modalmesh.v1.InspectRequest\x1a\x1d.modalmesh.v1.InspectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modalmesh/v1/vision.proto\x12\x0cmodalmesh.v1\x1a\x19modalmesh/v1/common.proto\"L\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12&\n\x06pixels\x18\x02 \x01(\x0b\x32\x14.modalmesh.v1.TensorH\x00\x42\x08\n\x06source\"\x8d\x01\n\x0eInspectRequest\x12\"\n\x05image\x18\x01 \x01(\x0b\x32\x13.modalmesh.v1.Image\x12\x16\n\tthreshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x31\n\rmask_encoding\x18\x03 \x01(\x0e\x32\x1a.modalmesh.v1.MaskEncodingB\x0c\n\n_threshold\"B\n\x0b\x42oundingBox\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"~\n\x06\x44\x65\x66\x65\x63t\x12/\n\x0c\x64\x65\x66\x65\x63t_class\x18\x01 \x01(\x0e\x32\x19.modalmesh.v1.DefectClass\x12&\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x19.modalmesh.v1.BoundingBox\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04\x61rea\x18\x04 \x01(\x05\"\x86\x02\n\x0fInspectResponse\x12%\n\x07\x64\x65\x66\x65\x63ts\x18\x01 \x03(\x0b\x32\x14.modalmesh.v1.Defect\x12\x14\n\x0c\x64\x65\x66\x65\x63t_score\x18\x02 \x01(\x02\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12&\n\x07verdict\x18\x04 \x01(\x0e\x32\x15.modalmesh.v1.Verdict\x12\"\n\x04mask\x18\x05 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\x12\x10\n\x08mask_png\x18\x06 \x01(\x0c\x12\r\n\x05width\x18\x07 \x01(\x05\x12\x0e\n\x06height\x18\x08 \x01(\x05\x12&\n\x05model\x18\t \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo\"}\n\tRawVolume\x12%\n\x05\x64type\x18\x01 \x01(\x0e\x32\x16.modalmesh.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x12\n\nspacing_mm\x18\x03 \x03(\x01\x12\x13\n\x0borientation\x18\x04 \x01(\t\x12\x11\n\torigin_mm\x18\x05 \x03(\x01\"\xb8\x01\n\x0cVolumeHeader\x12*\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1a.modalmesh.v1.VolumeFormat\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12$\n\x03raw\x18\x03 \x01(\x0b\x32\x17.modalmesh.v1.RawVolume\x12/\n\x0clabel_format\x18\x04 \x01(\x0e\x32\x19.modalmesh.v1.LabelFormat\x12\x10\n\x08study_id\x18\x05 \x01(\t\"+\n\x0bVolumeChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"x\n\x14SegmentVolumeRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.modalmesh.v1.VolumeHeaderH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.modalmesh.v1.VolumeChunkH\x00\x42\x06\n\x04part\"\xa0\x01\n\x14SegmentationProgress\x12.\n\x05stage\x18\x01 \x01(\x0e\x32\x1f.modalmesh.v1.SegmentationStage\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x14\n\x0cwindows_done\x18\x04 \x01(\x05\x12\x15\n\rwindows_total\x18\x05 \x01(\x05\"*\n\nLabelChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"0\n\x08VoxelBox\x12\x11\n\tmin_index\x18\x01 \x03(\x03\x12\x11\n\tmax_index\x18\x02 \x03(\x03\"\x9e\x01\n\x14StructureMeasurement\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bvoxel_count\x18\x03 \x01(\x03\x12\x11\n\tvolume_ml\x18\x04 \x01(\x01\x12,\n\x0c\x62ounding_box\x18\x05 \x01(\x0b\x32\x16.modalmesh.v1.VoxelBox\x12\x13\n\x0b\x63\x65ntroid_mm\x18\x06 \x03(\x01\"X\n\x0eVolumeGeometry\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x12\n\nspacing_mm\x18\x02 \x03(\x01\x12\x13\n\x0borientation\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x66\x66ine\x18\x04 \x03(\x01\"\xf6\x02\n\x12SegmentationResult\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x36\n\nstructures\x18\x02 \x03(\x0b\x32\".modalmesh.v1.StructureMeasurement\x12.\n\x08geometry\x18\x03 \x01(\x0b\x32\x1c.modalmesh.v1.VolumeGeometry\x12/\n\x0clabel_format\x18\x04 \x01(\x0e\x32\x19.modalmesh.v1.LabelFormat\x12\x13\n\x0blabel_bytes\x18\x05 \x01(\x03\x12\x45\n\x0blabel_names\x18\x06 \x03(\x0b\x32\x30.modalmesh.v1.SegmentationResult.LabelNamesEntry\x12&\n\x05model\x18\x07 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo\x1a\x31\n\x0fLabelNamesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xca\x01\n\x15SegmentVolumeResponse\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x36\n\x08progress\x18\x02 \x01(\x0b\x32\".modalmesh.v1.SegmentationProgressH\x00\x12*\n\x06labels\x18\x03 \x01(\x0b\x32\x18.modalmesh.v1.LabelChunkH\x00\x12\x32\n\x06result\x18\x04 \x01(\x0b\x32 .modalmesh.v1.SegmentationResultH\x00\x42\x07\n\x05\x65vent*t\n\x0b\x44\x65\x66\x65\x63tClass\x12\x1c\n\x18\x44\x45\x46\x45\x43T_CLASS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45\x46\x45\x43T_CLASS_SCRATCH\x10\x01\x12\x15\n\x11\x44\x45\x46\x45\x43T_CLASS_SPOT\x10\x02\x12\x16\n\x12\x44\x45\x46\x45\x43T_CLASS_CRACK\x10\x03*v\n\x0cMaskEncoding\x12\x1d\n\x19MASK_ENCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14MASK_ENCODING_TENSOR\x10\x01\x12\x15\n\x11MASK_ENCODING_PNG\x10\x02\x12\x16\n\x12MASK_ENCODING_NONE\x10\x03*F\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_PASS\x10\x01\x12\x10\n\x0cVERDICT_FAIL\x10\x02*z\n\x0cVolumeFormat\x12\x1d\n\x19VOLUME_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13VOLUME_FORMAT_NIFTI\x10\x01\x12\x1b\n\x17VOLUME_FORMAT_DICOM_ZIP\x10\x02\x12\x15\n\x11VOLUME_FORMAT_RAW\x10\x03*s\n\x0bLabelFormat\x12\x1c\n\x18LABEL_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n\x15LABEL_FORMAT_NIFTI_GZ\x10\x01\x12\x14\n\x10LABEL_FORMAT_RAW\x10\x02\x12\x15\n\x11LABEL_FORMAT_NONE\x10\x03*\xc0\x01\n\x11SegmentationStage\x12\"\n\x1eSEGMENTATION_STAGE_UNSPECIFIED\x10\x00\x12 \n\x1cSEGMENTATION_STAGE_RECEIVING\x10\x01\x12 \n\x1cSEGMENTATION_STAGE_PREPARING\x10\x02\x12!\n\x1dSEGMENTATION_STAGE_SEGMENTING\x10\x03\x12 \n\x1cSEGMENTATION_STAGE_MEASURING\x10\x04\x32\xb5\x01\n\rVisionService\x12\x46\n\x07Inspect\x12\x1c.modalmesh.v1.InspectRequest\x1a\x1d.modalmesh.v1.InspectResponse\x12\\\n\rSegmentVolume\x12\".modalmesh.v1.SegmentVolumeRequest\x1a#.modalmesh.v1.SegmentVolumeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modalmesh.v1.vision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEFECTCLASS']._serialized_start=753
-  _globals['_DEFECTCLASS']._serialized_end=869
-  _globals['_MASKENCODING']._serialized_start=871
-  _globals['_MASKENCODING']._serialized_end=989
-  _globals['_VERDICT']._serialized_start=991
-  _globals['_VERDICT']._serialized_end=1061
+  _globals['_SEGMENTATIONRESULT_LABELNAMESENTRY']._loaded_options = None
+  _globals['_SEGMENTATIONRESULT_LABELNAMESENTRY']._serialized_options = b'8\001'
+  _globals['_DEFECTCLASS']._serialized_start=2324
+  _globals['_DEFECTCLASS']._serialized_end=2440
+  _globals['_MASKENCODING']._serialized_start=2442
+  _globals['_MASKENCODING']._serialized_end=2560
+  _globals['_VERDICT']._serialized_start=2562
+  _globals['_VERDICT']._serialized_end=2632
+  _globals['_VOLUMEFORMAT']._serialized_start=2634
+  _globals['_VOLUMEFORMAT']._serialized_end=2756
+  _globals['_LABELFORMAT']._serialized_start=2758
+  _globals['_LABELFORMAT']._serialized_end=2873
+  _globals['_SEGMENTATIONSTAGE']._serialized_start=2876
+  _globals['_SEGMENTATIONSTAGE']._serialized_end=3068
   _globals['_IMAGE']._serialized_start=70
   _globals['_IMAGE']._serialized_end=146
   _globals['_INSPECTREQUEST']._serialized_start=149
@@ -48,6 +56,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEFECT']._serialized_end=486
   _globals['_INSPECTRESPONSE']._serialized_start=489
   _globals['_INSPECTRESPONSE']._serialized_end=751
-  _globals['_VISIONSERVICE']._serialized_start=1063
-  _globals['_VISIONSERVICE']._serialized_end=1150
+  _globals['_RAWVOLUME']._serialized_start=753
+  _globals['_RAWVOLUME']._serialized_end=878
+  _globals['_VOLUMEHEADER']._serialized_start=881
+  _globals['_VOLUMEHEADER']._serialized_end=1065
+  _globals['_VOLUMECHUNK']._serialized_start=1067
+  _globals['_VOLUMECHUNK']._serialized_end=1110
+  _globals['_SEGMENTVOLUMEREQUEST']._serialized_start=1112
+  _globals['_SEGMENTVOLUMEREQUEST']._serialized_end=1232
+  _globals['_SEGMENTATIONPROGRESS']._serialized_start=1235
+  _globals['_SEGMENTATIONPROGRESS']._serialized_end=1395
+  _globals['_LABELCHUNK']._serialized_start=1397
+  _globals['_LABELCHUNK']._serialized_end=1439
+  _globals['_VOXELBOX']._serialized_start=1441
+  _globals['_VOXELBOX']._serialized_end=1489
+  _globals['_STRUCTUREMEASUREMENT']._serialized_start=1492
+  _globals['_STRUCTUREMEASUREMENT']._serialized_end=1650
+  _globals['_VOLUMEGEOMETRY']._serialized_start=1652
+  _globals['_VOLUMEGEOMETRY']._serialized_end=1740
+  _globals['_SEGMENTATIONRESULT']._serialized_start=1743
+  _globals['_SEGMENTATIONRESULT']._serialized_end=2117
+  _globals['_SEGMENTATIONRESULT_LABELNAMESENTRY']._serialized_start=2068
+  _globals['_SEGMENTATIONRESULT_LABELNAMESENTRY']._serialized_end=2117
+  _globals['_SEGMENTVOLUMERESPONSE']._serialized_start=2120
+  _globals['_SEGMENTVOLUMERESPONSE']._serialized_end=2322
+  _globals['_VISIONSERVICE']._serialized_start=3071
+  _globals['_VISIONSERVICE']._serialized_end=3252
 # @@protoc_insertion_point(module_scope)

@@ -26,8 +26,8 @@ if _version_not_supported:
 
 
 class VisionServiceStub:
-    """Vision inference. Inspect finds surface defects on product images; volumetric
-    segmentation (SegmentVolume, client streaming) joins this service later.
+    """Vision inference: surface inspection of product images and volumetric
+    segmentation of medical studies.
     """
 
     def __init__(self, channel):
@@ -41,17 +41,33 @@ class VisionServiceStub:
                 request_serializer=modalmesh_dot_v1_dot_vision__pb2.InspectRequest.SerializeToString,
                 response_deserializer=modalmesh_dot_v1_dot_vision__pb2.InspectResponse.FromString,
                 _registered_method=True)
+        self.SegmentVolume = channel.stream_stream(
+                '/modalmesh.v1.VisionService/SegmentVolume',
+                request_serializer=modalmesh_dot_v1_dot_vision__pb2.SegmentVolumeRequest.SerializeToString,
+                response_deserializer=modalmesh_dot_v1_dot_vision__pb2.SegmentVolumeResponse.FromString,
+                _registered_method=True)
 
 
 class VisionServiceServicer:
-    """Vision inference. Inspect finds surface defects on product images; volumetric
-    segmentation (SegmentVolume, client streaming) joins this service later.
+    """Vision inference: surface inspection of product images and volumetric
+    segmentation of medical studies.
     """
 
     def Inspect(self, request, context):
         """Finds scratches, spots and cracks on one product image: a box, class and
         score per defect, a class mask, and a pass/fail verdict. Requests from many
         clients are batched together on the server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SegmentVolume(self, request_iterator, context):
+        """Segments a 3D study. The client streams a header, then the study's bytes in
+        chunks, then half-closes; the server streams progress while it receives,
+        prepares and segments, then the label volume in chunks, then one result with
+        per-structure measurements. Sliding windows of concurrent studies are
+        batched together on the server.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -65,6 +81,11 @@ def add_VisionServiceServicer_to_server(servicer, server):
                     request_deserializer=modalmesh_dot_v1_dot_vision__pb2.InspectRequest.FromString,
                     response_serializer=modalmesh_dot_v1_dot_vision__pb2.InspectResponse.SerializeToString,
             ),
+            'SegmentVolume': grpc.stream_stream_rpc_method_handler(
+                    servicer.SegmentVolume,
+                    request_deserializer=modalmesh_dot_v1_dot_vision__pb2.SegmentVolumeRequest.FromString,
+                    response_serializer=modalmesh_dot_v1_dot_vision__pb2.SegmentVolumeResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'modalmesh.v1.VisionService', rpc_method_handlers)
@@ -74,8 +95,8 @@ def add_VisionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class VisionService:
-    """Vision inference. Inspect finds surface defects on product images; volumetric
-    segmentation (SegmentVolume, client streaming) joins this service later.
+    """Vision inference: surface inspection of product images and volumetric
+    segmentation of medical studies.
     """
 
     @staticmethod
@@ -95,6 +116,33 @@ class VisionService:
             '/modalmesh.v1.VisionService/Inspect',
             modalmesh_dot_v1_dot_vision__pb2.InspectRequest.SerializeToString,
             modalmesh_dot_v1_dot_vision__pb2.InspectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SegmentVolume(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/modalmesh.v1.VisionService/SegmentVolume',
+            modalmesh_dot_v1_dot_vision__pb2.SegmentVolumeRequest.SerializeToString,
+            modalmesh_dot_v1_dot_vision__pb2.SegmentVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
