@@ -78,6 +78,10 @@ FROM runtime AS manufacturing
 EXPOSE 50091 9504 8082
 ENTRYPOINT ["python", "-m", "apps.manufacturing"]
 
+FROM runtime AS healthcare
+EXPOSE 50111 9524 8083
+ENTRYPOINT ["python", "-m", "apps.healthcare"]
+
 FROM runtime AS mqtt-broker
 EXPOSE 50101 9511 8883
 ENTRYPOINT ["python", "-m", "modalmesh.broker"]

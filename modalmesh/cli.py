@@ -150,6 +150,7 @@ def _hints(home, state: dict, detached: bool) -> str:
     return "\n".join([
         "",
         *_pages(state["workloads"]),
+        *_first_passwords(home, state["workloads"]),
         f"call:    modalmesh call {first} grpc.health.v1.Health/Check",
         f"logs:    {home.logs_dir}/",
         f"stop:    {stop}" if detached else "stop:    Ctrl-C",
@@ -226,6 +227,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _pages(workloads: dict) -> list[str]:
     """The web apps' addresses, for people to open."""
     return [f"web:     {w['web_url']}  ({name})" for name, w in workloads.items() if w.get("web_url")]
+
+
+def _first_passwords(home, workloads: dict) -> list[str]:
+    """Where an app that requires sign-in left the password it made for its first user (the file, never the
+    password: terminals are recorded and scrolled back)."""
+    found = [(name, home.data_dir / name / "initial-password") for name in workloads]
+    return [f"sign in: {name}: user 'clinician', password in {path}" for name, path in found if path.exists()]
 
 
 def _print_workloads(workloads: dict) -> None:
