@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
+from apps.clients import Availability
 from apps.manufacturing import assets
-from apps.manufacturing.clients import Availability
 from apps.manufacturing.twin_loop import LoopSettings, Observation, TwinLoop
 from apps.manufacturing.updates import FleetUpdates
 from apps.manufacturing.workorders import (ANOMALY, CANCELLED, DONE, OPEN, REMAINING_LIFE, SCHEDULED,

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from apps.clients import Availability
 from apps.manufacturing import assets
-from apps.manufacturing.clients import Availability
 from apps.manufacturing.fleet_link import FleetLink
 from apps.manufacturing.pictures import LatestImages
 from apps.manufacturing.twin_loop import IOT

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 
-from apps.manufacturing.clients import Availability
+from apps.clients import Availability
 from services.iot.mqtt_bridge import topics
 from services.iot.mqtt_bridge.client import workload_client
 from services.runtime.settings import ServiceSettings

@@ -3,14 +3,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
-import uvicorn
 from pydantic import Field
 
+from apps.clients import Availability, mesh_channel
 from apps.manufacturing import assets
-from apps.manufacturing.clients import Availability, mesh_channel
 from apps.manufacturing.fleet import Fleet
 from apps.manufacturing.fleet_link import FleetLink
 from apps.manufacturing.media import MediaRecorder
@@ -20,6 +16,7 @@ from apps.manufacturing.updates import FleetUpdates
 from apps.manufacturing.web import create_web_app
 from apps.manufacturing.workorders import MaintenanceRules, WorkOrderBook
 from apps.twins import TwinStore, open_database
+from apps.web import serve_web_app
 from modalmesh.v1 import audio_pb2_grpc, iot_pb2_grpc, vision_pb2_grpc
 from services.runtime.server import Runtime, Service, run_service
 from services.runtime.settings import ServiceSettings
@@ -81,27 +78,9 @@ def build(runtime: Runtime) -> Service:
     return Service(models=[], tasks=tasks)
 
 
-class EmbeddedServer(uvicorn.Server):
-    """uvicorn inside a served process: the runtime owns SIGTERM and drains everything together."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
-
-
 async def serve_pages(fleet: Fleet, settings: ManufacturingSettings) -> None:
-    config = uvicorn.Config(create_web_app(fleet, settings.http_path_prefix), host=settings.http_host,
-                            port=settings.http_port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=2, lifespan="off")
-    server = EmbeddedServer(config)
-    serving = asyncio.ensure_future(server.serve())
-    try:
-        await asyncio.shield(serving)
-    except asyncio.CancelledError:   # draining: end the event streams, then let uvicorn close
-        await fleet.updates.close()
-        server.should_exit = True
-        await serving
-        raise
+    await serve_web_app(create_web_app(fleet, settings.http_path_prefix), settings.http_host, settings.http_port,
+                        fleet.updates.close)
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ import logging
 import grpc
 import numpy as np
 
+from apps.clients import Availability
 from apps.manufacturing import assets, pictures
-from apps.manufacturing.clients import Availability
 from apps.manufacturing.updates import FleetUpdates
 from apps.twins import TwinStore, finite
 from modalmesh.v1 import audio_pb2, audio_pb2_grpc, common_pb2, vision_pb2, vision_pb2_grpc

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from apps.clients import Availability
 from apps.manufacturing import assets
-from apps.manufacturing.clients import Availability
 from apps.manufacturing.updates import FleetUpdates
 from apps.manufacturing.workorders import MaintenanceRules, WorkOrderBook
 from apps.twins import TwinStore

@@ -25,7 +25,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
-from apps.manufacturing import assets, charts, pictures
+from apps import charts
+from apps.web import PathPrefix, base_path, local_target, number, pretty, when, wants_json
+from apps.manufacturing import assets, pictures
 from apps.manufacturing.fleet import Fleet, ServiceDown, summary
 from apps.manufacturing.workorders import ACTIVE, STATES, InvalidTransition
 from services.runtime.tensors import decode_tensor
@@ -42,12 +44,12 @@ TREND_EVENTS = 500
 def create_web_app(fleet: Fleet, path_prefix: str = "") -> "PathPrefix":
     app = FastAPI(title="modalmesh manufacturing", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=HERE / "templates")
-    templates.env.filters.update(when=_when, number=_number, pretty=_pretty)
+    templates.env.filters.update(when=when, number=number, pretty=pretty)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _add_error_handlers(app, templates)
 
     def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
-        return templates.TemplateResponse(request, name, {"base": _base(request), **context}, status_code=status_code)
+        return templates.TemplateResponse(request, name, {"base": base_path(request), **context}, status_code=status_code)
 
     @app.get("/", response_class=HTMLResponse)
     async def dashboard(request: Request):
@@ -91,9 +93,9 @@ def create_web_app(fleet: Fleet, path_prefix: str = "") -> "PathPrefix":
             order = await fleet.cancel(order_id)
         else:
             raise HTTPException(404, f"no action {action!r}; schedule, complete or cancel")
-        if _wants_json(request):
+        if wants_json(request):
             return JSONResponse(order.as_dict())
-        return RedirectResponse(form.get("next") if _local(form.get("next")) else f"{_base(request)}/work-orders",
+        return RedirectResponse(form.get("next") if local_target(form.get("next")) else f"{base_path(request)}/work-orders",
                                 status_code=303)
 
     @app.get("/events")
@@ -135,22 +137,6 @@ def create_web_app(fleet: Fleet, path_prefix: str = "") -> "PathPrefix":
         return [order.as_dict() for order in orders]
 
     return PathPrefix(app, path_prefix)
-
-
-class PathPrefix:
-    """Serves the app both under ``prefix`` (as the ingress gateway forwards it) and at the root."""
-
-    def __init__(self, app: FastAPI, prefix: str):
-        self.app, self.prefix = app, prefix.rstrip("/")
-
-    async def __call__(self, scope, receive, send):
-        path = scope.get("path", "")
-        if self.prefix and scope["type"] in ("http", "websocket") and (
-                path == self.prefix or path.startswith(self.prefix + "/")):
-            scope = dict(scope, root_path=scope.get("root_path", "") + self.prefix)
-            if path == self.prefix:   # /manufacturing → /manufacturing/
-                scope["path"] = path + "/"
-        await self.app(scope, receive, send)
 
 
 async def _fleet_stream(request: Request, fleet: Fleet):
@@ -206,9 +192,9 @@ def _telemetry_charts(reply) -> list[str]:
 
 def _add_error_handlers(app: FastAPI, templates: Jinja2Templates) -> None:
     def error(request: Request, status: int, message: str):
-        if _wants_json(request) or request.url.path.startswith(f"{_base(request)}/api/"):
+        if wants_json(request) or request.url.path.startswith(f"{base_path(request)}/api/"):
             return JSONResponse({"error": message, "status": status}, status_code=status)
-        return templates.TemplateResponse(request, "error.html", {"base": _base(request), "status": status,
+        return templates.TemplateResponse(request, "error.html", {"base": base_path(request), "status": status,
                                                                   "message": message}, status_code=status)
 
     @app.exception_handler(HTTPException)
@@ -278,30 +264,3 @@ def _states(state: str) -> tuple[str, ...] | None:
     if state not in STATES:
         raise HTTPException(400, f"state is one of {', '.join(STATES)} or active")
     return (state,)
-
-
-def _base(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/")
-
-
-def _wants_json(request: Request) -> bool:
-    return "application/json" in request.headers.get("accept", "")
-
-
-def _local(target: str | None) -> bool:
-    """Only paths on this site (never another host) are followed after a form."""
-    return bool(target) and target.startswith("/") and not target.startswith("//")
-
-
-def _when(ms) -> str:
-    if ms is None:
-        return "—"
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _number(value, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _pretty(value) -> str:
-    return json.dumps(value, indent=1, sort_keys=True)

@@ -1,4 +1,4 @@
-"""The services the app composes, reached over the mesh with the app's own identity, and what it knows
+"""The services an app composes, reached over the mesh with the app's own identity, and what it knows
 of their availability (the pages say when one is down; the twin loop keeps retrying)."""
 
 from __future__ import annotations

@@ -1,0 +1,81 @@
+"""What every app's web server shares: uvicorn inside a served process, the path prefix the ingress
+gateway forwards, and the small helpers of pages (links relative to the prefix, times, numbers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+from starlette.requests import Request
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside a served process: the runtime owns SIGTERM and drains everything together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+async def serve_web_app(app, host: str, port: int, on_drain: Callable[[], Awaitable[None]]) -> None:
+    """Serve ``app`` until the task is cancelled; then ``on_drain`` (which ends long-lived streams), and
+    uvicorn closes. No access log: paths can name what the app keeps private."""
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=2, lifespan="off")
+    server = EmbeddedServer(config)
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:   # draining: end the event streams, then let uvicorn close
+        await on_drain()
+        server.should_exit = True
+        await serving
+        raise
+
+
+class PathPrefix:
+    """Serves the app both under ``prefix`` (as the ingress gateway forwards it) and at the root."""
+
+    def __init__(self, app, prefix: str):
+        self.app, self.prefix = app, prefix.rstrip("/")
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if self.prefix and scope["type"] in ("http", "websocket") and (
+                path == self.prefix or path.startswith(self.prefix + "/")):
+            scope = dict(scope, root_path=scope.get("root_path", "") + self.prefix)
+            if path == self.prefix:   # /manufacturing → /manufacturing/
+                scope["path"] = path + "/"
+        await self.app(scope, receive, send)
+
+
+def base_path(request: Request) -> str:
+    """The prefix the request came in on ('' at the root): every link a page writes starts with it."""
+    return request.scope.get("root_path", "").rstrip("/")
+
+
+def wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "")
+
+
+def local_target(target: str | None) -> bool:
+    """Only paths on this site (never another host) are followed after a form."""
+    return bool(target) and target.startswith("/") and not target.startswith("//")
+
+
+def when(ms) -> str:
+    if ms is None:
+        return "—"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def number(value, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def pretty(value) -> str:
+    return json.dumps(value, indent=1, sort_keys=True)
