@@ -27,6 +27,7 @@ from fastapi.templating import Jinja2Templates
 
 from apps.healthcare import auth
 from apps.healthcare.auth import COOKIE, Sessions, Users, ensure_users_file, hash_password, verify_password
+from apps.healthcare.users import add_user, remove_user
 from tests.support import ROOT, free_port, wait_for
 
 PATIENT = "Pseudonym-7F3A"          # what must never reach someone who has not signed in
@@ -260,6 +261,25 @@ def test_failed_sign_ins_are_throttled_per_user_name(browser):
     # Another name is not held up by it.
     status, _, _ = browser.sign_in("clinician", PASSWORD)
     assert status == 303 and browser.cookie
+
+
+def test_the_running_app_follows_the_users_file(site, browser):
+    _, tmp = site
+    users_file = tmp / "users.txt"
+    original = users_file.read_text()
+    try:
+        add_user(users_file, "locum", "temporary pass")
+        assert browser.sign_in("locum", "temporary pass")[0] == 303
+        assert browser.request("GET", "/api/patients", accept="application/json")[0] == 200
+        remove_user(users_file, "locum")   # their session ends at once
+        assert browser.request("GET", "/api/patients", accept="application/json")[0] == 401
+        assert browser.sign_in("locum", "temporary pass")[0] == 401
+        # A broken edit is not applied: the list in use stays.
+        users_file.write_text(original + "not a user line\n")
+        assert browser.sign_in("clinician", PASSWORD)[0] == 303
+        assert browser.request("GET", "/api/patients", accept="application/json")[0] == 200
+    finally:
+        users_file.write_text(original)
 
 
 def test_forged_malformed_and_expired_cookies_are_refused(site, browser):

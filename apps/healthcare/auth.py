@@ -100,30 +100,68 @@ def parse_password_hash(encoded: str) -> tuple[ScryptCost, bytes, bytes]:
 # ---------------------------------------------------------------- users
 
 class Users:
-    """The configured user list: a text file, one ``name:<hash_password output>`` per line, '#' comments."""
+    """The configured user list: a text file, one ``name:<hash_password output>`` per line, '#' comments.
 
-    def __init__(self, hashes: dict[str, str]):
-        self._hashes = dict(hashes)
-        # An unknown name is checked against this, so it costs what a known one costs and the
-        # time of a refusal does not tell which names exist.
-        cost = parse_password_hash(next(iter(hashes.values())))[0] if hashes else ScryptCost()
-        self._dummy = hash_password(secrets.token_urlsafe(16), cost)
+    Loaded from a file, it follows the file: a change (``python -m apps.healthcare.users``) is read at the
+    next sign-in or request, so a removed user's sessions end at once and no restart is needed. A change
+    that does not parse is logged and the list in use is kept."""
+
+    def __init__(self, hashes: dict[str, str], path: Path | None = None):
+        self._path, self._stamp = path, _file_stamp(path)
+        self._dummy = ""
+        self._use(hashes)
 
     @classmethod
     def load(cls, path: Path) -> Users:
-        return cls(parse_users(Path(path).read_text(encoding="utf-8"), str(path)))
+        path = Path(path)
+        return cls(parse_users(path.read_text(encoding="utf-8"), str(path)), path)
 
     def verify(self, name: str, password: str) -> bool:
-        encoded = self._hashes.get(name)
+        hashes, dummy = self._current()
+        encoded = hashes.get(name)
         too_long = len(password) > MAX_PASSWORD_CHARS
-        matches = verify_password(password[:MAX_PASSWORD_CHARS], encoded or self._dummy)
+        matches = verify_password(password[:MAX_PASSWORD_CHARS], encoded or dummy)
         return matches and encoded is not None and not too_long
 
     def names(self) -> list[str]:
-        return sorted(self._hashes)
+        return sorted(self._current()[0])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._current()[0]
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return len(self._current()[0])
+
+    def _use(self, hashes: dict[str, str]) -> None:
+        # An unknown name is checked against a dummy hash of the same cost as a listed user's, so the time
+        # of a refusal does not tell which names exist.
+        cost = parse_password_hash(next(iter(hashes.values())))[0] if hashes else ScryptCost()
+        dummy = self._dummy if self._dummy and parse_password_hash(self._dummy)[0] == cost else \
+            hash_password(secrets.token_urlsafe(16), cost)
+        self._dummy = dummy
+        self._state = (dict(hashes), dummy)   # one assignment: threads checking passwords see old or new
+
+    def _current(self) -> tuple[dict[str, str], str]:
+        stamp = _file_stamp(self._path)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self._use(parse_users(self._path.read_text(encoding="utf-8"), str(self._path)))
+                log.info("users file reloaded")
+            except (OSError, ValueError) as error:
+                log.error("users file changed but could not be read; the previous list stays in use: %s", error)
+        return self._state
+
+
+def _file_stamp(path: Path | None) -> tuple | None:
+    """What changes when the file does (a replaced file has a new inode), without reading it."""
+    if path is None:
+        return None
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_ino, status.st_mtime_ns, status.st_size
 
 
 def parse_users(text: str, source: str = "users file") -> dict[str, str]:
@@ -339,7 +377,7 @@ def install_sign_in(app: FastAPI, users: Users, sessions: Sessions, templates: J
 
     async def sign_in_form(request: Request):
         next_path = request.query_params.get("next", "")
-        if sessions.user_of(request.cookies.get(COOKIE)):
+        if request.state.user:
             return RedirectResponse(_local_or_home(next_path, request), status_code=303)
         return form_page(request, 200, next_path=next_path if _is_local(next_path) else "")
 
@@ -376,20 +414,23 @@ def install_sign_in(app: FastAPI, users: Users, sessions: Sessions, templates: J
     app.add_api_route(SIGN_IN, sign_in_form, methods=["GET"], include_in_schema=False)
     app.add_api_route(SIGN_IN, sign_in, methods=["POST"], include_in_schema=False)
     app.add_api_route(SIGN_OUT, sign_out, methods=["POST"], include_in_schema=False)
-    app.add_middleware(SignInRequired, sessions=sessions, public_paths=(SIGN_IN, SIGN_OUT, *public_paths))
+    app.add_middleware(SignInRequired, sessions=sessions, users=users,
+                       public_paths=(SIGN_IN, SIGN_OUT, *public_paths))
 
 
 class SignInRequired:
     """ASGI middleware (not BaseHTTPMiddleware, so event streams and downloads pass through untouched)."""
 
-    def __init__(self, app, sessions: Sessions, public_paths: tuple[str, ...]):
-        self.app, self.sessions, self.public_paths = app, sessions, public_paths
+    def __init__(self, app, sessions: Sessions, users: Users, public_paths: tuple[str, ...]):
+        self.app, self.sessions, self.users, self.public_paths = app, sessions, users, public_paths
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         request = Request(scope)
         user = self.sessions.user_of(request.cookies.get(COOKIE))
+        if user is not None and user not in self.users:
+            user = None   # removed from the users file since signing in
         scope.setdefault("state", {})["user"] = user
         if self._public(_route_path(scope)):
             return await self.app(scope, receive, send)

@@ -4,10 +4,11 @@
     python -m apps.healthcare.users remove NAME [--file PATH]
     python -m apps.healthcare.users list [--file PATH]
 
-The file is the app's users file, ``<MODALMESH_DATA_DIR or .modalmesh/data/healthcare>/users.txt``, one
-``name:<scrypt hash>`` per line. ``add`` of an existing name changes its password. Edits keep the file's
-comments and other lines, and replace the file whole (mode 0600), so the app never reads half of one.
-The app reads the file when it starts: restart it after a change.
+The file is the app's users file: ``$MODALMESH_USERS_FILE`` when set, else
+``<MODALMESH_DATA_DIR or .modalmesh/data/healthcare>/users.txt``, one ``name:<scrypt hash>`` per line.
+``add`` of an existing name changes its password. Edits keep the file's comments and other lines, and
+replace the file whole (mode 0600), so the app never reads half of one. A running app follows the
+file: a new password works at the next sign-in, and a removed user's sessions end at the next request.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ HEADER = "# Users of the healthcare web app: name:scrypt hash. Manage with pytho
 
 
 def default_users_file() -> Path:
+    """The file the app reads, as its settings choose it (MODALMESH_USERS_FILE, else the data directory's)."""
+    if os.environ.get("MODALMESH_USERS_FILE"):
+        return Path(os.environ["MODALMESH_USERS_FILE"])
     data_dir = os.environ.get("MODALMESH_DATA_DIR") or REPO_ROOT / ".modalmesh" / "data" / "healthcare"
     return Path(data_dir) / "users.txt"
 
@@ -97,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="list the user names")
     for command in (add, remove, commands.choices["list"]):
         command.add_argument("--file", type=Path, default=None,
-                             help="the users file (default: $MODALMESH_DATA_DIR/users.txt, or "
-                                  ".modalmesh/data/healthcare/users.txt)")
+                             help="the users file (default: $MODALMESH_USERS_FILE, else "
+                                  "$MODALMESH_DATA_DIR/users.txt, else .modalmesh/data/healthcare/users.txt)")
     args = parser.parse_args(argv)
     path = args.file or default_users_file()
     try:
