@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.iot import anomaly_model as am          # noqa: E402
 from services.iot import remaining_life as rl         # noqa: E402
 from services.iot.fleet import FAULT_KINDS, MachineSpec, Trajectory, inject_fault, simulate_fleet  # noqa: E402
+from services.iot.packaged_network import save_packaged as save  # noqa: E402
+from services.iot.window_autoencoder import auc, calibrate, f1_at, fit_autoencoder  # noqa: E402
 
 SEED = 20261128
 FLEETS = {"train": (10_000, 48), "validation": (20_000, 10), "held_out": (30_000, 12)}
@@ -167,46 +169,11 @@ def train_anomaly(train, validation, epochs: int, seed: int):
     features = np.concatenate([am.shape_features(normal_windows([tr], stride=40)).reshape(-1, len(am.SENSORS)
                                                                                           * len(am.SHAPE_FEATURES))
                                for tr in train])
-    mean = features.mean(0)
-    std = np.maximum(features.std(0), 0.05)          # a feature that never moves in normal operation
-    torch.manual_seed(seed)
-    net = am.WindowAutoencoder()
-    xt = torch.from_numpy((features - mean) / std)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-5)
-    generator = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        order = torch.randperm(len(xt), generator=generator)
-        total = 0.0
-        for i in range(0, len(xt), 512):
-            batch = xt[order[i:i + 512]]
-            loss = ((net(batch) - batch) ** 2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        print(f"  anomaly epoch {epoch + 1}/{epochs}: loss {total / len(xt):.5f}", flush=True)
-    net.eval()
-    model = am.AnomalyModel.from_trained(net, mean.astype(np.float32), std.astype(np.float32))
-    # Each sensor's error in units of its own normal scatter (99th percentile on training windows).
-    sample = np.concatenate([normal_windows([tr], stride=200) for tr in train])
-    model.sensor_error_scale = np.quantile(model.sensor_errors(sample), 0.99, axis=0)
+    net, mean, std = fit_autoencoder(features, epochs, seed, log=lambda line: print(line, flush=True))
+    model = am.AnomalyModel.from_trained(net, mean, std)
     windows, labels, _ = labelled_windows(validation, 400, np.random.default_rng([seed, 1]))
-    scores, _ = model.score_windows(windows)
-    model.threshold = best_threshold(scores, labels)
+    calibrate(model, np.concatenate([normal_windows([tr], stride=200) for tr in train]), windows, labels)
     return net, model, mean, std, len(features)
-
-
-def f1_at(scores, labels, threshold) -> tuple[float, float, float]:
-    flagged = scores > threshold
-    tp = float(np.sum(flagged & labels))
-    precision = tp / max(flagged.sum(), 1)
-    recall = tp / max(labels.sum(), 1)
-    return 2 * precision * recall / max(precision + recall, 1e-12), precision, recall
-
-
-def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    candidates = np.quantile(scores, np.linspace(0.3, 0.999, 400))
-    return float(max(candidates, key=lambda t: f1_at(scores, labels, t)[0]))
 
 
 def evaluate_anomaly(model, threshold, held_out, seed) -> dict:
@@ -223,23 +190,7 @@ def evaluate_anomaly(model, threshold, held_out, seed) -> dict:
     }
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    order = np.argsort(scores)
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    pos = labels.sum()
-    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * (len(labels) - pos)))
-
-
 # -- writing ------------------------------------------------------------------------------------------
-
-def save(net, card: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
-    path.chmod(0o644)                       # safetensors writes 0600; images run the service as another user
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-
 
 def environment() -> dict:
     return {"torch": torch.__version__, "progpy": version("progpy"), "numpy": np.__version__,

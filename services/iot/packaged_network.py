@@ -1,5 +1,6 @@
 """What the IoT models share: a small PyTorch network shipped as <file>.safetensors beside its card
-<file>.json (shape, feature scaling, threshold or margins, provenance, held-out metrics)."""
+<file>.json (shape, feature scaling, threshold or margins, provenance, held-out metrics), written by
+`save_packaged` and read by `PackagedNetwork`."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
 class PackagedNetwork(ModelAdapter):
-    """Loads the packaged weights (or a user's file and its card) onto the device; a subclass builds the
-    network from the card and reads what else it needs from it."""
+    """Loads the packaged weights (or a user's file and its card, or a folder holding a file of the packaged
+    file's name and its card) onto the device; a subclass builds the network from the card and reads what
+    else it needs from it."""
 
     name: str
     weights_file: str
@@ -26,6 +28,8 @@ class PackagedNetwork(ModelAdapter):
     def __init__(self, weights: str | Path | None = None, device: str = "auto", threads: int = 0,
                  instances: int = 1):
         self.path = Path(weights).expanduser() if weights else MODELS_DIR / self.weights_file
+        if self.path.is_dir():
+            self.path = self.path / Path(self.weights_file).name
         self.device = pick_device(device)
         self.threads, self.instances = threads, instances
         self.net: nn.Module | None = None
@@ -51,7 +55,7 @@ class PackagedNetwork(ModelAdapter):
         self.read_card(self.card)
         self._description = ModelDescription(
             name=self.card.get("name", self.name), version=file_digest(self.path),
-            provenance=self.card["provenance"] if self.path.parent == MODELS_DIR
+            provenance=self.card["provenance"] if self.path == MODELS_DIR / self.weights_file
             else f"local path {self.path.resolve()} ({self.card['provenance']})",
             device=str(self.device), dtype="float32")
 
@@ -62,3 +66,13 @@ class PackagedNetwork(ModelAdapter):
 def file_digest(path: Path) -> str:
     """Short content hash of a weights file: the version every response reports."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def save_packaged(net: nn.Module, card: dict, path: Path) -> None:
+    """Weights to `path` (.safetensors) and the card beside them (.json): what `PackagedNetwork` loads."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    path.chmod(0o644)                       # safetensors writes 0600; images run the service as another user
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
