@@ -6,6 +6,7 @@ file, its command line and the first-start file are checked on disk."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import stat
@@ -261,6 +262,10 @@ def test_failed_sign_ins_are_throttled_per_user_name(browser):
     # Another name is not held up by it.
     status, _, _ = browser.sign_in("clinician", PASSWORD)
     assert status == 303 and browser.cookie
+    # Guesses sent all at once are counted as they arrive, not as their checks finish.
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: Browser(browser.root).sign_in("burst", "guess")[0], range(12)))
+    assert sorted(answers) == [401] * 5 + [429] * 7
 
 
 def test_the_running_app_follows_the_users_file(site, browser):

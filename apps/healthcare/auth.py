@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 log = logging.getLogger(__name__)
@@ -392,10 +392,10 @@ def install_sign_in(app: FastAPI, users: Users, sessions: Sessions, templates: J
             log.warning("sign-in refused: too many failures for one user name")
             return form_page(request, 429, f"Too many failed sign-ins for this user name. Try again in "
                              f"{_minutes(wait_s)}.", name, next_path, headers={"Retry-After": str(int(wait_s))})
+        throttle.record(name)   # before the check, so attempts sent at once count against the limit too
         async with checks:
             accepted = await asyncio.to_thread(users.verify, name, password)
         if not accepted:
-            throttle.record(name)
             log.warning("sign-in refused: wrong user name or password")
             return form_page(request, 401, WRONG_CREDENTIALS, name, next_path)
         throttle.clear(name)
