@@ -1,7 +1,8 @@
-"""The kinds of machine the IoT service knows: each fixes a sensor set and what its models read.
+"""The kinds of asset the IoT service knows: each fixes a sensor set and what its models read.
 
 A registered asset has one type. Its telemetry batches must carry the type's sensors in this
-order; the remaining-life and anomaly models read windows of the latest rows.
+order; the remaining-life and anomaly models read windows of the latest rows. Each type has its
+own anomaly model; remaining life applies to machines only.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ class AssetType:
     name: str
     sensors: tuple[str, ...]
     units: tuple[str, ...]
-    # Operating time one remaining-life cycle stands for.
+    # Operating time one remaining-life cycle stands for (0: remaining life does not apply).
     cycle_seconds: float
     # Spacing of telemetry rows the models were trained on (real sensors may differ a little).
     sample_period_ms: int
-    # Latest rows the remaining-life model reads at most (it needs fewer: its adapter's min_rows).
+    # Latest rows the remaining-life model reads at most (it needs fewer: its adapter's min_rows); 0: none.
     window_rows: int
     # Latest rows one anomaly window covers.
     anomaly_window_rows: int
@@ -53,4 +54,17 @@ CENTRIFUGAL_PUMP = AssetType(
     anomaly_window_rows=60,
 )
 
-ASSET_TYPES: dict[str, AssetType] = {t.name: t for t in (CENTRIFUGAL_PUMP,)}
+# A patient's bedside vital signs, one row per minute (services/iot/vitals.py simulates them). A
+# half-hour anomaly window is long enough to tell an episode from a one-minute artefact and short
+# enough to raise it while it lasts.
+PATIENT_VITALS = AssetType(
+    name="patient-vitals",
+    sensors=("heart_rate", "respiratory_rate", "spo2", "systolic_bp", "diastolic_bp", "temperature"),
+    units=("1/min", "1/min", "%", "mmHg", "mmHg", "degC"),
+    cycle_seconds=0.0,
+    sample_period_ms=60_000,
+    window_rows=0,
+    anomaly_window_rows=30,
+)
+
+ASSET_TYPES: dict[str, AssetType] = {t.name: t for t in (CENTRIFUGAL_PUMP, PATIENT_VITALS)}
