@@ -71,7 +71,7 @@ def test_kill_9_during_ingest_loses_no_acknowledged_batch(pki, tmp_path):
     database = f"sqlite:///{tmp_path}/iot.sqlite3"
     assets = ["pump-a", "pump-b"]
     service = start_service("services.iot", pki, tmp_path, "iot", iot_database_url=database,
-                            anomaly_model="", remaining_life_model="")
+                            anomaly_model="", remaining_life_model="", vitals_anomaly_model="")
     acked: dict[str, list[int]] = {asset_id: [] for asset_id in assets}
     try:
         with service.channel() as channel:
@@ -91,7 +91,7 @@ def test_kill_9_during_ingest_loses_no_acknowledged_batch(pki, tmp_path):
         service.stop(5)
 
     restarted = start_service("services.iot", pki, tmp_path, "iot", iot_database_url=database,
-                              anomaly_model="", remaining_life_model="")
+                              anomaly_model="", remaining_life_model="", vitals_anomaly_model="")
     try:
         with restarted.channel() as channel:
             iot = iot_pb2_grpc.IoTServiceStub(channel)

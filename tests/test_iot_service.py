@@ -21,7 +21,8 @@ SENSORS = list(CENTRIFUGAL_PUMP.sensors)
 MAX_ROWS = 2000
 MAX_MESSAGE_BYTES = 1 << 20
 START_MS = 1_767_225_600_000   # 2026-01-01
-NO_MODELS = {"anomaly_model": "", "remaining_life_model": ""}   # storage tests: no torch to load
+# Storage tests: no torch to load.
+NO_MODELS = {"anomaly_model": "", "remaining_life_model": "", "vitals_anomaly_model": ""}
 _ids = itertools.count()
 
 
@@ -100,8 +101,9 @@ def test_register_is_idempotent_and_list_shows_types_and_what_is_stored(iot):
     listed = iot.ListAssets(iot_pb2.ListAssetsRequest())
     (asset,) = [a for a in listed.assets if a.asset_id == asset_id]
     assert asset.type.name == PUMP and asset.last_timestamp_ms == 0
-    (pump,) = listed.asset_types
+    pump, vitals = listed.asset_types
     assert pump.name == PUMP and list(pump.sensors) == SENSORS and pump.window_rows == CENTRIFUGAL_PUMP.window_rows
+    assert vitals.name == "patient-vitals" and len(vitals.sensors) == 6 and vitals.window_rows == 0
 
 
 @pytest.mark.parametrize("asset_id, asset_type, field", [

@@ -123,7 +123,8 @@ def test_a_certificate_from_another_ca_cannot_connect(broker, tmp_path):
 SENSORS = CENTRIFUGAL_PUMP.sensors
 MINUTE_MS = 60_000
 T0 = 1_760_000_000_000
-NO_MODELS = {"anomaly_model": "", "remaining_life_model": ""}   # the bridge needs the telemetry store only
+# The bridge needs the telemetry store only.
+NO_MODELS = {"anomaly_model": "", "remaining_life_model": "", "vitals_anomaly_model": ""}
 
 
 @pytest.fixture(scope="module")

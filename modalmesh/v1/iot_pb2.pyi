@@ -106,16 +106,18 @@ class WindowScore(_message.Message):
     def __init__(self, start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., score: _Optional[float] = ..., anomalous: _Optional[bool] = ...) -> None: ...
 
 class AssetAnomalies(_message.Message):
-    __slots__ = ("asset_id", "windows", "threshold", "top_sensors")
+    __slots__ = ("asset_id", "windows", "threshold", "top_sensors", "model")
     ASSET_ID_FIELD_NUMBER: _ClassVar[int]
     WINDOWS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     TOP_SENSORS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     asset_id: str
     windows: _containers.RepeatedCompositeFieldContainer[WindowScore]
     threshold: float
     top_sensors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, asset_id: _Optional[str] = ..., windows: _Optional[_Iterable[_Union[WindowScore, _Mapping]]] = ..., threshold: _Optional[float] = ..., top_sensors: _Optional[_Iterable[str]] = ...) -> None: ...
+    model: _common_pb2.ModelInfo
+    def __init__(self, asset_id: _Optional[str] = ..., windows: _Optional[_Iterable[_Union[WindowScore, _Mapping]]] = ..., threshold: _Optional[float] = ..., top_sensors: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ...) -> None: ...
 
 class DetectAnomaliesResponse(_message.Message):
     __slots__ = ("assets", "model")

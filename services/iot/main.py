@@ -9,9 +9,9 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 
 from modalmesh.v1 import iot_pb2_grpc
-from services.iot.asset_types import ASSET_TYPES
+from services.iot.asset_types import ASSET_TYPES, CENTRIFUGAL_PUMP, PATIENT_VITALS
 from services.iot.ingest import IngestLimits, IngestMetrics, TelemetryIngest
-from services.iot.servicer import IoTServicer
+from services.iot.servicer import IoTServicer, ModelSlot
 from services.iot.store import TelemetryStore
 from services.runtime.database import sqlite_url
 from services.runtime.served_model import ServedModel
@@ -34,10 +34,14 @@ class IoTSettings(ServiceSettings):
                                          "commit; past it the stream stops reading (gRPC flow control)")
     ingest_total_in_flight: int = Field(256, ge=1, description="Batches of all streams awaiting their commit; "
                                         "past it a batch gets RESOURCE_EXHAUSTED")
-    anomaly_model: str = Field(PACKAGED, description="'packaged' (services/iot/models, trained by "
-                               "scripts/train_iot_models.py), a local weights file, or '' to serve none "
-                               "(DetectAnomalies then answers FAILED_PRECONDITION)")
+    anomaly_model: str = Field(PACKAGED, description="the centrifugal-pump anomaly model: 'packaged' "
+                               "(services/iot/models, trained by scripts/train_iot_models.py), a local weights "
+                               "file, or '' to serve none (DetectAnomalies on pumps then answers FAILED_PRECONDITION)")
     remaining_life_model: str = Field(PACKAGED, description="'packaged', a local weights file, or '' to serve none")
+    vitals_anomaly_model: str = Field(PACKAGED, description="the patient-vitals anomaly model: 'packaged' "
+                                      "(services/iot/models/vitals-anomaly, trained by "
+                                      "scripts/train_vitals_model.py), a local weights file (or a folder holding "
+                                      "vitals-anomaly.safetensors), or '' to serve none")
 
     def store_url(self) -> str:
         return self.database_url or sqlite_url(self.data_dir / "iot.sqlite3")
@@ -49,12 +53,23 @@ def build(runtime: Runtime) -> Service:
     limits = IngestLimits(max_rows_per_batch=settings.ingest_max_rows_per_batch,
                           per_stream=settings.ingest_stream_in_flight, total=settings.ingest_total_in_flight)
     ingest = TelemetryIngest(store, limits, IngestMetrics(runtime.metrics))
-    anomaly = _served(settings.anomaly_model, "anomaly_model", "AnomalyModel", settings, runtime)
-    remaining_life = _served(settings.remaining_life_model, "remaining_life", "RemainingLifeModel", settings, runtime)
+    anomaly = {CENTRIFUGAL_PUMP.name: _slot("anomaly_model", "anomaly_model", "AnomalyModel", runtime),
+               PATIENT_VITALS.name: _slot("vitals_anomaly_model", "vitals_anomaly", "VitalsAnomalyModel", runtime)}
+    # Remaining life applies to machines only: a vitals asset asked for it gets FAILED_PRECONDITION.
+    remaining_life = {CENTRIFUGAL_PUMP.name: _slot("remaining_life_model", "remaining_life", "RemainingLifeModel",
+                                                   runtime)}
     servicer = IoTServicer(store, ingest, anomaly=anomaly, remaining_life=remaining_life)
-    return Service(models=[m for m in (anomaly, remaining_life) if m is not None], servicers=[
+    served = [slot.model for slot in (*anomaly.values(), *remaining_life.values()) if slot.model is not None]
+    return Service(models=served, servicers=[
         (iot_pb2_grpc.add_IoTServiceServicer_to_server, servicer, "modalmesh.v1.IoTService"),
     ])
+
+
+def _slot(field: str, module: str, adapter_class: str, runtime: Runtime) -> ModelSlot:
+    """The model the setting `field` chooses for one asset type, and the variable that sets it."""
+    settings = runtime.settings
+    return ModelSlot(_served(getattr(settings, field), module, adapter_class, settings, runtime),
+                     f"MODALMESH_{field.upper()}")
 
 
 def _served(setting: str, module: str, adapter_class: str, settings: IoTSettings,
@@ -69,7 +84,7 @@ def _served(setting: str, module: str, adapter_class: str, settings: IoTSettings
 
 
 def _weights(setting: str) -> str | None:
-    return None if setting == PACKAGED else setting   # None: the adapter's file in services/iot/models
+    return None if setting == PACKAGED else setting   # None: the adapter's packaged file in services/iot/models
 
 
 def main() -> None:

@@ -1,9 +1,17 @@
 """modalmesh.v1.IoTService: asset registrations and telemetry in the store; anomaly scores and remaining
-life from the served models, batched across assets and callers by the shared runtime."""
+life from the served models, batched across assets and callers by the shared runtime.
+
+Each asset type has its own models (`ModelSlot` per type name): a pump's windows go to the pump anomaly
+model, a patient's to the vitals model. A call that names assets of several types sends one batched
+request to each type's model, the models running side by side. A type with no slot for a kind of
+model (remaining life for patient vitals) gets FAILED_PRECONDITION saying it does not apply.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,13 +30,22 @@ MAX_ASSETS_PER_REQUEST = 1000
 TOP_SENSORS = 3
 
 
+@dataclass(frozen=True)
+class ModelSlot:
+    """The model one asset type's results of one kind come from; None when its setting is empty."""
+
+    model: ServedModel | None
+    setting: str          # the environment variable that chooses it, for the status when it is not served
+
+
 class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
-    def __init__(self, store: TelemetryStore, ingest: TelemetryIngest, anomaly: ServedModel | None = None,
-                 remaining_life: ServedModel | None = None):
+    def __init__(self, store: TelemetryStore, ingest: TelemetryIngest, anomaly: Mapping[str, ModelSlot] = {},
+                 remaining_life: Mapping[str, ModelSlot] = {}):
+        """`anomaly` and `remaining_life`: the slot of each asset type name the kind of model applies to."""
         self.store = store
         self.ingest = ingest
-        self.anomaly = anomaly
-        self.remaining_life = remaining_life
+        self.anomaly = dict(anomaly)
+        self.remaining_life = dict(remaining_life)
 
     async def RegisterAsset(self, request: iot_pb2.RegisterAssetRequest, context) -> iot_pb2.RegisterAssetResponse:
         check_asset_id(request.asset_id)
@@ -63,28 +80,30 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
 
     async def DetectAnomalies(self, request: iot_pb2.DetectAnomaliesRequest,
                               context) -> iot_pb2.DetectAnomaliesResponse:
-        model = _require(self.anomaly, "anomaly", "MODALMESH_ANOMALY_MODEL")
         windows = request.windows or 1
         if not 1 <= windows <= MAX_WINDOWS:
             raise InvalidArgument(("windows", f"{windows} windows; ask for 1 to {MAX_WINDOWS}"))
-        assets = await self._assets_with_rows(request.asset_ids, lambda a: a.asset_type.anomaly_window_rows)
-        # One read of every asset's windows, one request to the model: the call's rows batch together.
+        assets = await self._assets_with_rows(request.asset_ids, self.anomaly, "anomaly",
+                                              lambda a, model: a.asset_type.anomaly_window_rows)
+        # One read of every asset's windows, one request per model: the call's rows batch together.
         windows_of = await asyncio.to_thread(lambda: [self._latest_windows(a, windows) for a in assets])
-        results = iter(await _infer(model, [w for rows in windows_of for w in rows], context))
-        scored = [_anomalies(asset, rows, [next(results) for _ in rows], model)
-                  for asset, rows in zip(assets, windows_of)]
-        return iot_pb2.DetectAnomaliesResponse(assets=scored, model=model.model_info)
+        models = [self.anomaly[a.asset_type.name].model for a in assets]
+        results = await _infer_per_asset(models, windows_of, context)
+        scored = [_anomalies(*parts) for parts in zip(assets, windows_of, results, models)]
+        return iot_pb2.DetectAnomaliesResponse(assets=scored, model=_response_model(models, self.anomaly))
 
     async def PredictRemainingLife(self, request: iot_pb2.PredictRemainingLifeRequest,
                                    context) -> iot_pb2.PredictRemainingLifeResponse:
-        model = _require(self.remaining_life, "remaining-life", "MODALMESH_REMAINING_LIFE_MODEL")
-        model.require_ready()
-        assets = await self._assets_with_rows(request.asset_ids, lambda a: model.adapter.min_rows)
+        assets = await self._assets_with_rows(request.asset_ids, self.remaining_life, "remaining-life",
+                                              lambda a, model: model.adapter.min_rows)
         latest = await asyncio.to_thread(
             lambda: [self.store.read_latest(a.asset_id, a.asset_type.window_rows) for a in assets])
-        estimates = await _infer(model, [TelemetryWindow(w.timestamps_ms, w.values) for w in latest], context)
+        models = [self.remaining_life[a.asset_type.name].model for a in assets]
+        estimates = await _infer_per_asset(models, [[TelemetryWindow(w.timestamps_ms, w.values)] for w in latest],
+                                           context)
         return iot_pb2.PredictRemainingLifeResponse(
-            assets=[_remaining_life(a, w, e) for a, w, e in zip(assets, latest, estimates)], model=model.model_info)
+            assets=[_remaining_life(a, w, e) for a, w, (e,) in zip(assets, latest, estimates)],
+            model=_response_model(models, self.remaining_life))
 
     # -- models over the latest windows -----------------------------------------------------------
 
@@ -105,26 +124,62 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
         except UnknownAsset as error:
             raise NotFound(f"{error}; call RegisterAsset first") from None
 
-    async def _assets_with_rows(self, asset_ids, rows_needed) -> list[StoredAsset]:
-        """The assets asked for, each with enough telemetry; none asked: every asset that has enough."""
+    async def _assets_with_rows(self, asset_ids, slots: Mapping[str, ModelSlot], kind: str,
+                                rows_needed: Callable[[StoredAsset, ServedModel], int]) -> list[StoredAsset]:
+        """The assets asked for, each of a type `slots` serves and with enough telemetry; none asked: every
+        asset of a served type that has enough."""
+        def needs(asset: StoredAsset) -> int:
+            model = slots[asset.asset_type.name].model
+            model.require_ready()
+            return rows_needed(asset, model)
+
         if not asset_ids:
-            return [a for a in await asyncio.to_thread(self.store.assets) if a.stored_rows >= rows_needed(a)]
+            _require_any(slots, kind)
+            served = [a for a in await asyncio.to_thread(self.store.assets)
+                      if getattr(slots.get(a.asset_type.name), "model", None) is not None]
+            return [a for a in served if a.stored_rows >= needs(a)]
         if len(asset_ids) > MAX_ASSETS_PER_REQUEST:
             raise InvalidArgument(("asset_ids", f"{len(asset_ids)} assets; ask for at most {MAX_ASSETS_PER_REQUEST}"))
         if len(set(asset_ids)) != len(asset_ids):
             raise InvalidArgument(("asset_ids", "each asset may be asked for once"))
         assets = [self._asset(asset_id, f"asset_ids[{i}]") for i, asset_id in enumerate(asset_ids)]
-        short = [f"{a.asset_id} has {a.stored_rows} rows and needs {rows_needed(a)}"
-                 for a in assets if a.stored_rows < rows_needed(a)]
+        _require_served(assets, slots, kind)
+        short = [f"{a.asset_id} has {a.stored_rows} rows and needs {needs(a)}"
+                 for a in assets if a.stored_rows < needs(a)]
         if short:
             raise FailedPrecondition("not enough telemetry: " + "; ".join(short))
         return assets
 
 
-def _require(model: ServedModel | None, kind: str, setting: str) -> ServedModel:
-    if model is None:
-        raise FailedPrecondition(f"this IoT service serves no {kind} model ({setting} is empty)")
-    return model
+def _require_any(slots: Mapping[str, ModelSlot], kind: str) -> None:
+    if not any(slot.model is not None for slot in slots.values()):
+        settings = sorted({slot.setting for slot in slots.values()})
+        raise FailedPrecondition(f"this IoT service serves no {kind} model"
+                                 + (f" ({' and '.join(settings)} {'is' if len(settings) == 1 else 'are'} empty)"
+                                    if settings else ""))
+
+
+def _require_served(assets: list[StoredAsset], slots: Mapping[str, ModelSlot], kind: str) -> None:
+    """FAILED_PRECONDITION naming the assets whose type the kind of model does not apply to, or whose
+    type's model this service does not serve."""
+    problems = []
+    for type_name in dict.fromkeys(a.asset_type.name for a in assets):
+        ids = ", ".join(a.asset_id for a in assets if a.asset_type.name == type_name)
+        slot = slots.get(type_name)
+        if slot is None:
+            problems.append(f"{kind} does not apply to {type_name} assets ({ids})")
+        elif slot.model is None:
+            problems.append(f"this IoT service serves no {kind} model for {type_name} assets ({ids}; "
+                            f"{slot.setting} is empty)")
+    if problems:
+        raise FailedPrecondition("; ".join(problems))
+
+
+def _response_model(models: list[ServedModel], slots: Mapping[str, ModelSlot]) -> common_pb2.ModelInfo:
+    """The response's one `model`: the first asset's, or with no asset the first served one (each asset's
+    own model is on the asset where the response has a field for it)."""
+    first = models[0] if models else next(slot.model for slot in slots.values() if slot.model is not None)
+    return first.model_info
 
 
 def _query_bounds(request: iot_pb2.QueryTelemetryRequest) -> tuple[int, int, int]:
@@ -168,6 +223,21 @@ async def _infer(model: ServedModel, rows: list, context) -> list:
     return [result for part in parts for result in part]
 
 
+async def _infer_per_asset(models: list[ServedModel], rows_of: list[list], context) -> list[list]:
+    """Each asset's rows through its own model, in order: the rows of all assets of one model in one
+    request, the models running side by side."""
+    members: dict[int, list[int]] = {}
+    for i, model in enumerate(models):
+        members.setdefault(id(model), []).append(i)
+
+    async def run(indices: list[int]) -> dict[int, list]:
+        results = iter(await _infer(models[indices[0]], [r for i in indices for r in rows_of[i]], context))
+        return {i: [next(results) for _ in rows_of[i]] for i in indices}
+
+    merged = {i: r for part in await asyncio.gather(*(run(ix) for ix in members.values())) for i, r in part.items()}
+    return [merged[i] for i in range(len(models))]
+
+
 def _anomalies(asset: StoredAsset, rows: list[TelemetryWindow], results: list,
                model: ServedModel) -> iot_pb2.AssetAnomalies:
     return iot_pb2.AssetAnomalies(
@@ -176,7 +246,8 @@ def _anomalies(asset: StoredAsset, rows: list[TelemetryWindow], results: list,
                                      score=float(r.score), anomalous=bool(r.anomalous))
                  for w, r in zip(rows, results)],
         threshold=float(model.adapter.threshold),
-        top_sensors=_top_sensors(asset.asset_type, results[-1].contributions))
+        top_sensors=_top_sensors(asset.asset_type, results[-1].contributions),
+        model=model.model_info)
 
 
 def _remaining_life(asset: StoredAsset, latest, estimate) -> iot_pb2.RemainingLife:
