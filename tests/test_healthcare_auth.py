@@ -7,6 +7,7 @@ file, its command line and the first-start file are checked on disk."""
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import json
 import os
 import stat
@@ -28,6 +29,7 @@ from fastapi.templating import Jinja2Templates
 
 from apps.healthcare import auth
 from apps.healthcare.auth import COOKIE, Sessions, Users, ensure_users_file, hash_password, verify_password
+from apps.healthcare import users as users_cli
 from apps.healthcare.users import add_user, remove_user
 from tests.support import ROOT, free_port, wait_for
 
@@ -342,13 +344,25 @@ def test_passwords_hash_and_verify():
         assert not verify_password("s3cret", broken)
 
 
-def test_users_file_round_trip_and_clear_errors(tmp_path):
+def test_users_command_line_as_a_program(tmp_path):
     path = tmp_path / "users.txt"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MODALMESH_USERS_FILE": str(path)}
+    added = subprocess.run([sys.executable, "-m", "apps.healthcare.users", "add", "dr.lee", "--password-stdin"],
+                           input="from stdin\n", capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert added.returncode == 0 and f"added dr.lee in {path}" in added.stdout
+    assert Users.load(path).verify("dr.lee", "from stdin")   # found through MODALMESH_USERS_FILE
+    assert "from stdin" not in added.stdout + added.stderr
+
+
+def test_users_file_round_trip_and_clear_errors(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "users.txt"
 
     def cli(*args, stdin=""):
-        return subprocess.run([sys.executable, "-m", "apps.healthcare.users", *args, "--file", str(path)],
-                              input=stdin, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+        """The command line's main, in this process: its exit status, output and errors."""
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        returncode = users_cli.main([*args, "--file", str(path)])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, returncode, out, err)
 
     assert cli("add", "dr.lee", "--password-stdin", stdin="first password\n").returncode == 0
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
