@@ -166,6 +166,8 @@ def test_bad_requests_are_value_errors():
         (lambda: canonical(np.zeros((8, 8, 8)), np.zeros((8, 8, 7)), np.eye(4)), "do not match"),
         (lambda: canonical(np.zeros((8, 8, 8)), None, np.diag([1.0, 0.0, 1.0, 1.0])), "spacing must be positive"),
         (lambda: canonical(np.zeros((8, 8, 8)), None, np.full((4, 4), np.nan)), "finite 4x4"),
+        (lambda: canonical(np.zeros((8, 8, 8)), None, np.array([[1.0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0],
+                                                               [0, 0, 0, 1]])), "not independent"),
         (lambda: canonical(np.zeros((8, 8, 8)), np.full((8, 8, 8), 300), np.eye(4)), "0 to 255"),
     ]
     for call, message in cases:

@@ -56,6 +56,8 @@ def canonical(image: np.ndarray, labels: np.ndarray | None, affine: np.ndarray) 
     if not np.all(zooms > 0):
         raise ValueError(f"voxel spacing must be positive, not {tuple(zooms.round(4))} mm")
     orientation = io_orientation(affine)   # for each array axis: the RAS axis it becomes, and whether it flips
+    if np.isnan(orientation).any():
+        raise ValueError("the affine's voxel axes are not independent directions")
     spacing = [0.0, 0.0, 0.0]
     for axis, (ras_axis, _) in enumerate(orientation):
         spacing[int(ras_axis)] = float(zooms[axis])
