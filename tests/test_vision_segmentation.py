@@ -1,0 +1,403 @@
+"""VisionService.SegmentVolume over a real socket with mutual TLS.
+
+Two service processes: one serving the packaged abdomen-phantom model (held-out Dice, a 256 x 256 x 128
+study in 1 MiB chunks, DICOM and NIfTI of one volume, four studies at once), and one serving a small network
+with random weights, for everything that does not depend on what the network learned (the stream protocol,
+label formats and geometry, measurements against the labels returned, bad input, admission, cancellation).
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+
+import grpc
+import nibabel as nib
+import numpy as np
+import pytest
+
+from modalmesh.v1 import common_pb2, vision_pb2, vision_pb2_grpc
+from services.runtime.errors import bad_request_of
+from services.vision.phantoms import make_phantom
+from services.vision.study_stream import collect_reply, study_requests
+from services.vision.volumes import VolumeLimits, dicom_zip_bytes, nifti_bytes, read_dicom_zip, read_nifti
+from tests.segmentation_models import write_random_model
+from tests.support import metric, start_service
+
+NIFTI, DICOM, RAW = vision_pb2.VOLUME_FORMAT_NIFTI, vision_pb2.VOLUME_FORMAT_DICOM_ZIP, vision_pb2.VOLUME_FORMAT_RAW
+STAGE = vision_pb2.SegmentationStage
+MiB = 1024 * 1024
+# Anatomy seeds the training script never draws from (see provenance.json's training seeds).
+HELDOUT_SEEDS = (9100, 9101, 9102)
+
+
+@pytest.fixture(scope="module")
+def trained_service(pki, tmp_path_factory):
+    """The packaged model, as a deployment gets it by default."""
+    service = start_service("services.vision", pki, tmp_path_factory.mktemp("vision-seg"), "vision")
+    yield service
+    assert service.stop() == 0, service.log_tail()
+
+
+@pytest.fixture(scope="module")
+def random_service(pki, tmp_path_factory):
+    """A small random network; windows wait up to 100 ms for company, so a study takes long enough to cancel."""
+    tmp = tmp_path_factory.mktemp("vision-seg-random")
+    model = write_random_model(tmp / "random-unet")
+    service = start_service("services.vision", pki, tmp, "vision", segmentation_model=str(model),
+                            segmentation_max_queue_delay_ms=100, max_concurrent_studies=2, max_queued_studies=1,
+                            max_volume_bytes=64 * MiB)
+    yield service
+    assert service.stop() == 0, service.log_tail()
+
+
+@pytest.fixture(scope="module")
+def trained(trained_service):
+    with trained_service.channel() as channel:
+        yield vision_pb2_grpc.VisionServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def untrained(random_service):
+    with random_service.channel() as channel:
+        yield vision_pb2_grpc.VisionServiceStub(channel)
+
+
+def segment(stub, data: bytes, timeout: float = 120, chunk_bytes: int = MiB, **header):
+    header.setdefault("format", NIFTI)
+    requests = study_requests(vision_pb2.VolumeHeader(**header), data, chunk_bytes)
+    return collect_reply(stub.SegmentVolume(requests, timeout=timeout))
+
+
+def nifti_of(phantom, compress: bool = True) -> bytes:
+    return nifti_bytes(phantom.volume.voxels, phantom.volume.affine, compress=compress)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def labels_of(reply) -> np.ndarray:
+    return read_nifti(reply.labels, VolumeLimits()).voxels.astype(np.uint8)
+
+
+def by_name(reply) -> dict[str, vision_pb2.StructureMeasurement]:
+    return {s.name: s for s in reply.result.structures}
+
+
+def truth_ml(phantom, label: int) -> float:
+    return np.count_nonzero(phantom.labels == label) * abs(np.linalg.det(phantom.volume.affine[:3, :3])) / 1000
+
+
+# -- the packaged model -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape, spacing", [((96, 96, 96), (2.0, 2.0, 2.0)), ((80, 112, 72), (2.3, 1.7, 2.6))])
+def test_heldout_dice_per_label_through_the_api(trained, shape, spacing):
+    scores = {"organ": [], "lesion": []}
+    for seed in HELDOUT_SEEDS:
+        phantom = make_phantom(seed, shape, spacing)
+        labels = labels_of(segment(trained, nifti_of(phantom)))
+        for label, name in ((1, "organ"), (2, "lesion")):
+            scores[name].append(dice(labels == label, phantom.labels == label))
+    assert min(scores["organ"]) >= 0.9 and min(scores["lesion"]) >= 0.9, scores
+
+
+@pytest.mark.slow
+def test_a_study_past_the_message_limit_streams_in_chunks_and_is_measured(trained):
+    phantom = make_phantom(9103, (256, 256, 128), (1.5, 1.5, 2.5), lesion_radius_mm=14)
+    data = nifti_of(phantom)
+    assert len(data) > 4 * MiB
+    reply = segment(trained, data, study_id="big-study")
+    assert reply.study_ids == {"big-study"}
+    # Progress in order: bytes arriving, then preparing, windows going through, measuring.
+    stages = [p.stage for p in reply.progress]
+    assert stages == sorted(stages) and stages[0] == STAGE.Value("SEGMENTATION_STAGE_RECEIVING")
+    received = [p.bytes_received for p in reply.progress if p.stage == STAGE.Value("SEGMENTATION_STAGE_RECEIVING")]
+    assert received == sorted(received) and received[-1] == len(data) and len(received) >= 4
+    windows = [p for p in reply.progress if p.stage == STAGE.Value("SEGMENTATION_STAGE_SEGMENTING")]
+    assert [w.windows_done for w in windows] == sorted(w.windows_done for w in windows)
+    assert windows[-1].windows_done == windows[-1].windows_total > 1
+    assert reply.progress[-1].stage == STAGE.Value("SEGMENTATION_STAGE_MEASURING")
+    measured = by_name(reply)
+    for label, name in ((1, "organ"), (2, "lesion")):
+        truth = truth_ml(phantom, label)
+        assert measured[name].volume_ml == pytest.approx(truth, rel=0.05), (name, measured[name].volume_ml, truth)
+    assert list(reply.result.geometry.shape) == [256, 256, 128]
+    assert reply.result.model.name == "abdomen-phantom" and "synthetic" in reply.result.model.provenance
+
+
+@pytest.mark.slow
+def test_a_dicom_series_and_a_nifti_of_the_same_volume_measure_the_same(trained):
+    series = dicom_zip_bytes(make_phantom(9104, (96, 96, 96), (2.0, 2.0, 2.0)).volume)
+    volume = read_dicom_zip(series, VolumeLimits())   # the int16 voxels the series carries, as a NIfTI too
+    from_dicom = segment(trained, series, format=DICOM)
+    from_nifti = segment(trained, nifti_bytes(volume.voxels, volume.affine))
+    assert from_dicom.result.geometry == from_nifti.result.geometry
+    assert from_dicom.result.geometry.orientation == "LPS"
+    counts = {s.name: s.voxel_count for s in from_dicom.result.structures}
+    assert counts == {s.name: s.voxel_count for s in from_nifti.result.structures}
+    assert counts["organ"] > 0 and counts["lesion"] > 0
+    assert from_dicom.labels == from_nifti.labels
+
+
+@pytest.mark.slow
+def test_four_studies_at_once_are_all_right_and_share_batches(trained, trained_service):
+    phantoms = [make_phantom(9110 + i, (96, 96, 96), (2.0, 2.0, 2.0)) for i in range(4)]
+    replies: list = [None] * 4
+
+    def run(i: int) -> None:
+        replies[i] = segment(trained, nifti_of(phantoms[i]), study_id=f"study-{i}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    for i, (phantom, reply) in enumerate(zip(phantoms, replies)):
+        assert reply.study_ids == {f"study-{i}"}
+        labels = labels_of(reply)
+        assert dice(labels == 1, phantom.labels == 1) >= 0.9 and dice(labels == 2, phantom.labels == 2) >= 0.85
+    metrics = trained_service.metrics()
+    batches = metric(metrics, "modalmesh_batch_size_count", model="abdomen-phantom")
+    up_to_one_study = metric(metrics, "modalmesh_batch_size_bucket", model="abdomen-phantom", le="4.0")
+    # A study hands the batcher at most 4 windows at a time: a larger batch holds windows of several studies.
+    assert batches - up_to_one_study > 0, (batches, up_to_one_study)
+
+
+# -- the stream, label formats and geometry (random weights) ----------------------------------------------------
+
+
+def test_labels_come_back_on_the_study_grid_in_every_format(untrained):
+    phantom = make_phantom(9120, (64, 72, 56), (2.5, 2.2, 3.0), orientation="LPS")
+    data = nifti_of(phantom)
+    as_nifti = segment(untrained, data, study_id="a")
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(as_nifti.labels))
+    assert image.shape == (64, 72, 56) and image.get_data_dtype() == np.uint8
+    assert np.allclose(image.affine, phantom.volume.affine)
+    geometry = as_nifti.result.geometry
+    assert geometry.orientation == "LPS" and list(geometry.shape) == [64, 72, 56]
+    assert np.allclose(np.reshape(geometry.affine, (4, 4)), phantom.volume.affine)
+    assert np.allclose(geometry.spacing_mm, (2.5, 2.2, 3.0))
+    assert as_nifti.result.label_format == vision_pb2.LABEL_FORMAT_NIFTI_GZ
+    assert as_nifti.result.label_bytes == len(as_nifti.labels)
+
+    as_raw = segment(untrained, data, label_format=vision_pb2.LABEL_FORMAT_RAW)
+    raw = np.frombuffer(as_raw.labels, np.uint8).reshape(64, 72, 56)
+    assert np.array_equal(raw, np.asarray(image.dataobj))
+    as_none = segment(untrained, data, label_format=vision_pb2.LABEL_FORMAT_NONE)
+    assert as_none.labels == b"" and as_none.result.label_bytes == 0
+    assert [s.voxel_count for s in as_none.result.structures] == [s.voxel_count for s in as_raw.result.structures]
+    assert dict(as_nifti.result.label_names) == {0: "background", 1: "organ", 2: "lesion"}
+    assert as_nifti.result.model.name == "random-test-model" and as_nifti.result.model.provenance
+
+
+def test_measurements_describe_the_labels_returned(untrained):
+    phantom = make_phantom(9121, (64, 64, 64), (2.0, 2.0, 2.0), orientation="LPS")
+    reply = segment(untrained, nifti_of(phantom), label_format=vision_pb2.LABEL_FORMAT_RAW)
+    labels = np.frombuffer(reply.labels, np.uint8).reshape(64, 64, 64)
+    affine = phantom.volume.affine
+    for structure in reply.result.structures:
+        where = np.argwhere(labels == structure.label)
+        assert structure.voxel_count == len(where)
+        assert structure.volume_ml == pytest.approx(len(where) * 8.0 / 1000)
+        if len(where):
+            assert list(structure.bounding_box.min_index) == where.min(0).tolist()
+            assert list(structure.bounding_box.max_index) == where.max(0).tolist()
+            assert np.allclose(structure.centroid_mm, (affine @ [*where.mean(0), 1])[:3])
+        else:
+            assert not structure.bounding_box.min_index and not structure.centroid_mm
+
+
+def test_raw_voxels_with_their_geometry(untrained):
+    phantom = make_phantom(9122, (48, 56, 40), (2.0, 2.0, 2.0))
+    voxels = phantom.volume.voxels.astype(np.int16)
+    reply = segment(untrained, voxels.tobytes(), format=RAW, raw=vision_pb2.RawVolume(
+        dtype=common_pb2.DATA_TYPE_INT16, shape=[48, 56, 40], spacing_mm=[2.0, 2.0, 2.0], orientation="LPS",
+        origin_mm=[10, 20, 30]), label_format=vision_pb2.LABEL_FORMAT_RAW)
+    geometry = reply.result.geometry
+    assert geometry.orientation == "LPS" and list(geometry.shape) == [48, 56, 40]
+    assert np.reshape(geometry.affine, (4, 4))[:3, 3].tolist() == [-10, -20, 30]
+    assert len(reply.labels) == 48 * 56 * 40
+
+
+def test_progress_comes_in_order_with_the_study_id(untrained):
+    phantom = make_phantom(9123, (96, 96, 96), (2.0, 2.0, 2.0))
+    data = nifti_of(phantom, compress=False)
+    reply = segment(untrained, data, chunk_bytes=64 * 1024, study_id="study-7")
+    assert reply.study_ids == {"study-7"}
+    received = [p.bytes_received for p in reply.progress if p.stage == STAGE.Value("SEGMENTATION_STAGE_RECEIVING")]
+    # Progress every MiB, not every 64 KiB chunk.
+    assert received == sorted(received) and received[-1] == len(data) and len(received) <= len(data) // MiB + 1
+    assert all(p.total_bytes == len(data) for p in reply.progress[:len(received)])
+    names = [STAGE.Name(p.stage) for p in reply.progress[len(received):]]
+    assert names[0] == "SEGMENTATION_STAGE_PREPARING" and names[-1] == "SEGMENTATION_STAGE_MEASURING"
+    windows = [p for p in reply.progress if p.stage == STAGE.Value("SEGMENTATION_STAGE_SEGMENTING")]
+    assert windows[0].windows_done == 0 and windows[-1].windows_done == windows[-1].windows_total > 1
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------
+
+
+def _header(**fields) -> vision_pb2.SegmentVolumeRequest:
+    return vision_pb2.SegmentVolumeRequest(header=vision_pb2.VolumeHeader(**fields))
+
+
+def _chunk(offset: int, data: bytes) -> vision_pb2.SegmentVolumeRequest:
+    return vision_pb2.SegmentVolumeRequest(chunk=vision_pb2.VolumeChunk(offset=offset, data=data))
+
+
+def _stream(data: bytes, **fields) -> list[vision_pb2.SegmentVolumeRequest]:
+    return list(study_requests(vision_pb2.VolumeHeader(**{"format": NIFTI, **fields}), data, 256 * 1024))
+
+
+def _nifti(voxels: np.ndarray, affine=np.diag([2.0, 2.0, 2.0, 1.0]), compress=True) -> bytes:
+    image = nib.Nifti1Image(voxels, affine)
+    data = image.to_bytes()
+    return gzip.compress(data) if compress else data
+
+
+def _zero_spacing_nifti() -> bytes:
+    """A NIfTI-1 file whose header says the j spacing is 0 mm (pixdim[2], bytes 84-87 of the header)."""
+    data = bytearray(_nifti(np.zeros((32, 32, 32), np.float32), compress=False))
+    data[84:88] = np.float32(0.0).tobytes()
+    return bytes(data)
+
+
+def _bad_cases():
+    small = make_phantom(9130, (32, 32, 32), (2.0, 2.0, 2.0))
+    plain = nifti_of(small, compress=False)
+    packed = nifti_of(small)
+    nan = small.volume.voxels.copy()
+    nan[5, 6, 7] = np.nan
+    corrupt = bytearray(packed)
+    corrupt[len(corrupt) // 2:len(corrupt) // 2 + 64] = bytes(64)
+    raw = dict(dtype=common_pb2.DATA_TYPE_FP32, shape=[32, 32, 32], spacing_mm=[2.0, 2.0, 2.0])
+    raw_bytes = small.volume.voxels.tobytes()
+    return {
+        "truncated nifti": (_stream(plain[:len(plain) // 2]), "INVALID_ARGUMENT", "chunk.data"),
+        "corrupt nifti.gz": (_stream(bytes(corrupt)), "INVALID_ARGUMENT", "chunk.data"),
+        "not a nifti": (_stream(b"hello, this is not a NIfTI file at all" * 20), "INVALID_ARGUMENT", "chunk.data"),
+        "corrupt dicom zip": (_stream(b"PK\x03\x04" + bytes(range(256)) * 8, format=DICOM), "INVALID_ARGUMENT",
+                              "chunk.data"),
+        "dicom zip that is nifti": (_stream(packed, format=DICOM), "INVALID_ARGUMENT", "chunk.data"),
+        "2d image": (_stream(_nifti(np.zeros((64, 64), np.float32))), "INVALID_ARGUMENT", "chunk.data"),
+        "single slice": (_stream(_nifti(np.zeros((64, 64, 1), np.float32))), "INVALID_ARGUMENT", "chunk.data"),
+        "zero spacing nifti": (_stream(_zero_spacing_nifti()), "INVALID_ARGUMENT", "chunk.data"),
+        "nan voxels nifti": (_stream(_nifti(nan)), "INVALID_ARGUMENT", "chunk.data"),
+        "nan voxels raw": (_stream(nan.tobytes(), format=RAW, raw=vision_pb2.RawVolume(**raw)), "INVALID_ARGUMENT",
+                           "chunk.data"),
+        "negative spacing raw": (_stream(raw_bytes, format=RAW, raw=vision_pb2.RawVolume(
+            **{**raw, "spacing_mm": [2.0, -1.0, 2.0]})), "INVALID_ARGUMENT", "header.raw.spacing_mm"),
+        "zero spacing raw": (_stream(raw_bytes, format=RAW, raw=vision_pb2.RawVolume(
+            **{**raw, "spacing_mm": [0.0, 2.0, 2.0]})), "INVALID_ARGUMENT", "header.raw.spacing_mm"),
+        "raw without geometry": (_stream(raw_bytes, format=RAW), "INVALID_ARGUMENT", "header.raw"),
+        "raw 2d shape": (_stream(raw_bytes, format=RAW, raw=vision_pb2.RawVolume(
+            **{**raw, "shape": [1024, 32, 1]})), "INVALID_ARGUMENT", "header.raw.shape"),
+        "raw size mismatch": (_stream(raw_bytes[:-4], format=RAW, raw=vision_pb2.RawVolume(**raw)),
+                              "INVALID_ARGUMENT", "header.total_bytes"),
+        "raw bad orientation": (_stream(raw_bytes, format=RAW, raw=vision_pb2.RawVolume(**raw, orientation="RRS")),
+                                "INVALID_ARGUMENT", "header.raw.orientation"),
+        "no format": (_stream(packed, format=vision_pb2.VOLUME_FORMAT_UNSPECIFIED), "INVALID_ARGUMENT",
+                      "header.format"),
+        "unknown format": (_stream(packed, format=42), "INVALID_ARGUMENT", "header.format"),
+        "unknown label format": (_stream(packed, label_format=42), "INVALID_ARGUMENT", "header.label_format"),
+        "no total": ([_header(format=NIFTI), _chunk(0, packed)], "INVALID_ARGUMENT", "header.total_bytes"),
+        "empty stream": ([], "INVALID_ARGUMENT", "header"),
+        "chunk before header": ([_chunk(0, packed), *_stream(packed)], "INVALID_ARGUMENT", "header"),
+        "second header": (_stream(packed)[:2] + [_header(format=NIFTI, total_bytes=len(packed))],
+                          "INVALID_ARGUMENT", "header"),
+        "chunks out of order": (_stream(plain)[:1] + [_chunk(256 * 1024, plain[256 * 1024:512 * 1024])],
+                                "INVALID_ARGUMENT", "chunk.offset"),
+        "chunk repeated": (_stream(plain)[:2] + _stream(plain)[1:2], "INVALID_ARGUMENT", "chunk.offset"),
+        "fewer bytes than declared": ([_header(format=NIFTI, total_bytes=len(packed) + 10), _chunk(0, packed)],
+                                      "INVALID_ARGUMENT", "header.total_bytes"),
+        "more bytes than declared": ([_header(format=NIFTI, total_bytes=100), _chunk(0, packed)],
+                                     "INVALID_ARGUMENT", "chunk.data"),
+        "declared size beyond the limit": ([_header(format=NIFTI, total_bytes=2**40)], "RESOURCE_EXHAUSTED", None),
+    }
+
+
+BAD_CASES = _bad_cases()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_gets_a_clear_status_with_the_field(untrained, random_service, case):
+    requests, code, field = BAD_CASES[case]
+    with pytest.raises(grpc.RpcError) as caught:
+        collect_reply(untrained.SegmentVolume(iter(requests), timeout=60))
+    error = caught.value
+    assert error.code().name == code, (case, error.code(), error.details())
+    if field:
+        fields = [f for f, _ in bad_request_of(error)]
+        assert field in fields, (case, fields, error.details())
+    assert error.details() and "Traceback" not in error.details()
+    assert random_service.health("modalmesh.v1.VisionService") == "SERVING"
+
+
+def test_a_declared_size_past_the_limit_is_refused_before_any_chunk(untrained):
+    sent_header, never = threading.Event(), threading.Event()
+
+    def requests():
+        yield _header(format=NIFTI, total_bytes=10 * 2**30)
+        sent_header.set()
+        never.wait(30)   # the server must answer without waiting for a chunk
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            collect_reply(untrained.SegmentVolume(requests(), timeout=20))
+    finally:
+        never.set()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "MODALMESH_MAX_VOLUME_BYTES" in caught.value.details()
+    assert time.monotonic() - started < 10
+
+
+def test_studies_past_the_admission_limits_are_refused_at_once(untrained):
+    """Two studies in work and one waiting (the random service's settings); a fourth is refused."""
+    data = nifti_of(make_phantom(9131, (32, 32, 32), (2.0, 2.0, 2.0)))
+    release = threading.Event()
+
+    def held():   # a header, then nothing until released: the study holds its slot
+        yield _header(format=NIFTI, total_bytes=len(data))
+        release.wait(60)
+        yield _chunk(0, data)
+
+    calls = [untrained.SegmentVolume(held(), timeout=60) for _ in range(3)]
+    try:
+        time.sleep(1.0)
+        with pytest.raises(grpc.RpcError) as caught:
+            segment(untrained, data, timeout=20)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "MODALMESH_MAX_CONCURRENT_STUDIES" in caught.value.details()
+    finally:
+        release.set()
+    for call in calls:   # the held studies go through once released, the waiting one included
+        assert collect_reply(call).result.structures
+
+
+@pytest.mark.slow
+def test_a_cancelled_study_stops_sending_windows(untrained, random_service):
+    # 1.5 mm voxels over 384 mm: the prepared 2 mm grid has a hundred windows, and each batch of four waits
+    # 100 ms for company, so the study takes seconds; it is cancelled once its first windows are back.
+    voxels = make_phantom(9132, (256, 256, 200), (1.5, 1.5, 1.5)).volume.voxels.astype(np.int16)
+    header = vision_pb2.VolumeHeader(format=RAW, raw=vision_pb2.RawVolume(
+        dtype=common_pb2.DATA_TYPE_INT16, shape=[256, 256, 200], spacing_mm=[1.5, 1.5, 1.5]))
+    rows_before = metric(random_service.metrics(), "modalmesh_batch_size_sum", model="random-unet")
+    call = untrained.SegmentVolume(study_requests(header, voxels.tobytes()), timeout=120)
+    total = 0
+    for response in call:
+        if response.progress.stage == STAGE.Value("SEGMENTATION_STAGE_SEGMENTING") and response.progress.windows_done:
+            total = response.progress.windows_total
+            call.cancel()
+            break
+    assert total >= 80
+    time.sleep(1.0)
+    done = metric(random_service.metrics(), "modalmesh_batch_size_sum", model="random-unet") - rows_before
+    time.sleep(1.0)
+    assert metric(random_service.metrics(), "modalmesh_batch_size_sum", model="random-unet") - rows_before == done
+    assert done < total / 4, (done, total)
+    assert random_service.health("modalmesh.v1.VisionService") == "SERVING"
