@@ -1,5 +1,6 @@
 """Patient vital signs in the IoT service: the simulator, the patient-vitals asset type and its anomaly
-model, over a real socket with mutual TLS, side by side with a pump and its model."""
+model, over a real socket with mutual TLS, side by side with a pump and its model. The service tests
+are marked slow: starting the service with its models and simulating the pump takes 10-20 s here."""
 
 from __future__ import annotations
 
@@ -147,6 +148,7 @@ def windows_of(timestamps, windows: int):
     return [(n - WINDOW * k, n - WINDOW * (k - 1)) for k in range(windows, 0, -1)]
 
 
+@pytest.mark.slow
 def test_query_returns_the_vitals_as_ingested(ward, patients):
     timestamps, values = patients["calm"]
     reply, got_t, got_v = query(ward, "patient-calm")
@@ -154,6 +156,7 @@ def test_query_returns_the_vitals_as_ingested(ward, patients):
     assert np.array_equal(got_t, timestamps) and np.array_equal(got_v, values)
 
 
+@pytest.mark.slow
 def test_episodes_are_flagged_by_the_vitals_model_and_a_pump_by_its_own_in_one_call(ward, patients, pump):
     from services.iot.anomaly_model import NAME as PUMP_MODEL
     from services.iot.vitals_anomaly import NAME as VITALS_MODEL, VitalsAnomalyModel
@@ -197,6 +200,7 @@ def test_episodes_are_flagged_by_the_vitals_model_and_a_pump_by_its_own_in_one_c
     assert desaturating.threshold == pytest.approx(model.threshold)
 
 
+@pytest.mark.slow
 def test_every_asset_is_scored_by_its_type_when_none_is_named(ward):
     reply = ward.DetectAnomalies(iot_pb2.DetectAnomaliesRequest())
     models = {a.asset_id: a.model.name for a in reply.assets}
@@ -204,6 +208,7 @@ def test_every_asset_is_scored_by_its_type_when_none_is_named(ward):
     assert {models[f"patient-{p}"] for p in ("falling", "desaturating", "calm")} == {"vitals-anomaly-autoencoder"}
 
 
+@pytest.mark.slow
 def test_remaining_life_does_not_apply_to_patients(ward):
     with pytest.raises(grpc.RpcError) as error:
         ward.PredictRemainingLife(iot_pb2.PredictRemainingLifeRequest(asset_ids=["patient-calm"]))
@@ -211,6 +216,7 @@ def test_remaining_life_does_not_apply_to_patients(ward):
     assert "remaining-life does not apply to patient-vitals assets (patient-calm)" in error.value.details()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sensors, columns, field", [
     (VITALS[:5], 5, "sensors"),                        # a sign missing
     (VITALS[::-1], 6, "sensors"),                      # out of order
@@ -226,6 +232,7 @@ def test_bad_vitals_batches_are_refused_and_nothing_of_them_is_stored(ward, sens
     assert query(ward, asset_id)[0].matched_rows == 0
 
 
+@pytest.mark.slow
 def test_vitals_model_from_a_folder_and_a_missing_pump_model(pki, tmp_path, patients):
     """MODALMESH_VITALS_ANOMALY_MODEL may name a folder; with the pump's model off, pumps get
     FAILED_PRECONDITION naming its setting while patients are still scored."""

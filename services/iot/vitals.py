@@ -1,4 +1,4 @@
-"""Bedside vital signs as an IoT asset type, and a simulator of one patient's vitals minute by minute.
+"""Bedside vital signs (the patient-vitals asset type) and a simulator of one patient's vitals minute by minute.
 
 `PATIENT_VITALS` (defined with the other types in services/iot/asset_types.py) is what the healthcare
 app registers per patient: six vital signs, one row per minute, anomaly windows of half an hour. Its
