@@ -3,7 +3,7 @@
 The bundle's own configuration decides everything the service does with a study: its network
 (``network_def``), the weights in models/model.pt, the preprocessing it declares (Orientationd axcodes,
 Spacingd pixdim, ScaleIntensityRanged window), its sliding-window inferer (roi_size, overlap,
-sw_batch_size) and the label names of its metadata (network_data_format.outputs.pred.channel_def).
+sw_batch_size, mode) and the label names of its metadata (network_data_format.outputs.pred.channel_def).
 
 Layout read (what `python -m monai.bundle download` leaves):
 
@@ -34,6 +34,7 @@ class MonaiBundle:
     spec: SegmentationSpec           # labels, axcodes, spacing, intensity window, roi_size, overlap
     preparation: Compose
     sw_batch_size: int
+    blend_mode: str                  # the inferer's mode: "constant" (MONAI's default) or "gaussian"
     description: dict                # name, version, provenance
 
 
@@ -64,6 +65,7 @@ def read_bundle(path: Path, device: torch.device) -> MonaiBundle:
     meta = parser.get("_meta_", {}) or {}
     return MonaiBundle(
         network=network, spec=spec, preparation=_preparation(steps), sw_batch_size=int(inferer.get("sw_batch_size", 1)),
+        blend_mode=str(inferer.get("mode", "constant")),
         description={"name": str(meta.get("name") or path.name), "version": str(meta.get("version", "unknown")),
                      "provenance": f"MONAI bundle at {path}" + (f": {meta['description']}" if meta.get("description")
                                                                  else "")})

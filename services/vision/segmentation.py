@@ -55,6 +55,7 @@ class SegmentationPlan:
     spec: SegmentationSpec             # labels, roi_size and overlap are read from it
     prepare: Compose                   # channel-first MetaTensor → the network's grid and intensity scale
     windows_per_request: int
+    blend_mode: str = "gaussian"       # how overlapping windows are weighted: "gaussian" or "constant"
 
 
 class VolumeSegmentationModel(ModelAdapter):
@@ -78,7 +79,7 @@ class VolumeSegmentationModel(ModelAdapter):
         if is_bundle(self.path):
             bundle = read_bundle(self.path, self.device)
             self.network, description = bundle.network, bundle.description
-            self.plan = SegmentationPlan(bundle.spec, bundle.preparation, bundle.sw_batch_size)
+            self.plan = SegmentationPlan(bundle.spec, bundle.preparation, bundle.sw_batch_size, bundle.blend_mode)
         else:
             self.network, description, spec = _read_trained(self.path, self.device)
             self.plan = SegmentationPlan(spec, preparation(spec), WINDOWS_PER_REQUEST)
@@ -175,6 +176,11 @@ class StudySegmenter:
     def plan(self) -> SegmentationPlan:
         return self.adapter.plan
 
+    @property
+    def windows_per_request(self) -> int:
+        """The model's windows at a time, within the batcher's max batch size."""
+        return min(self.plan.windows_per_request, self.served.max_batch_size)
+
     async def segment(self, volume: Volume, context) -> AsyncIterator[Progress | SegmentedStudy]:
         """Progress ("segmenting" as windows return, then "measuring") while ``volume`` is segmented on a
         worker thread, then its SegmentedStudy. Leaving early (the caller cancelled) stops the thread's windows."""
@@ -213,8 +219,8 @@ class StudySegmenter:
         report("segmenting", 0, total)
         with torch.inference_mode():
             probabilities = sliding_window_inference(
-                prepared[None].as_tensor(), plan.spec.roi_size, plan.windows_per_request, predictor,
-                overlap=plan.spec.overlap, mode="gaussian")
+                prepared[None].as_tensor(), plan.spec.roi_size, self.windows_per_request, predictor,
+                overlap=plan.spec.overlap, mode=plan.blend_mode)
             grid_labels = probabilities[0].argmax(0).to(torch.uint8).numpy()
         del probabilities
         report("measuring", predictor.done, total)
