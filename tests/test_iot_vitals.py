@@ -165,9 +165,10 @@ def test_episodes_are_flagged_by_the_vitals_model_and_a_pump_by_its_own_in_one_c
     reply = ward.DetectAnomalies(iot_pb2.DetectAnomaliesRequest(asset_ids=ids, windows=12))
     falling, pumped, desaturating, calm = reply.assets
     assert [a.asset_id for a in reply.assets] == ids
-    # Each asset names the model that scored it; the response's own model is the first asset's.
+    # Each asset names the model that scored it; the response's own model is the first type's in the
+    # service's order (pumps, then patients), whatever order the ids came in.
     assert [a.model.name for a in reply.assets] == [VITALS_MODEL, PUMP_MODEL, VITALS_MODEL, VITALS_MODEL]
-    assert reply.model.name == VITALS_MODEL and falling.model.provenance.startswith(
+    assert reply.model.name == PUMP_MODEL and falling.model.provenance.startswith(
         "trained by scripts/train_vitals_model.py on ")
     assert falling.threshold != pumped.threshold
 
@@ -204,6 +205,9 @@ def test_episodes_are_flagged_by_the_vitals_model_and_a_pump_by_its_own_in_one_c
 def test_every_asset_is_scored_by_its_type_when_none_is_named(ward):
     reply = ward.DetectAnomalies(iot_pb2.DetectAnomaliesRequest())
     models = {a.asset_id: a.model.name for a in reply.assets}
+    assert reply.model.name == "pump-anomaly-autoencoder"
+    patients_only = ward.DetectAnomalies(iot_pb2.DetectAnomaliesRequest(asset_ids=["patient-calm"]))
+    assert patients_only.model.name == "vitals-anomaly-autoencoder"
     assert models["pump-1"] == "pump-anomaly-autoencoder"
     assert {models[f"patient-{p}"] for p in ("falling", "desaturating", "calm")} == {"vitals-anomaly-autoencoder"}
 

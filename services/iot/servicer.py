@@ -176,10 +176,11 @@ def _require_served(assets: list[StoredAsset], slots: Mapping[str, ModelSlot], k
 
 
 def _response_model(models: list[ServedModel], slots: Mapping[str, ModelSlot]) -> common_pb2.ModelInfo:
-    """The response's one `model`: the first asset's, or with no asset the first served one (each asset's
-    own model is on the asset where the response has a field for it)."""
-    first = models[0] if models else next(slot.model for slot in slots.values() if slot.model is not None)
-    return first.model_info
+    """The response's one `model`: of the asset types scored, the first in the service's order (pumps before
+    patients, so a caller of one type gets its model even when a call with no ids sweeps in others); with no
+    asset, the first served. Each asset's own model is on the asset where the response has a field for it."""
+    served = [slot.model for slot in slots.values() if slot.model is not None]
+    return next((m for m in served if any(m is used for used in models)), served[0]).model_info
 
 
 def _query_bounds(request: iot_pb2.QueryTelemetryRequest) -> tuple[int, int, int]:
