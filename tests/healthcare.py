@@ -7,9 +7,11 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from services.vision.phantoms import make_phantom
 from services.vision.volumes import nifti_bytes
@@ -96,3 +98,62 @@ def phantom_study(anatomy_seed: int, lesion_radius_mm: float, **options) -> tupl
     voxel_ml = float(abs(np.linalg.det(phantom.volume.affine[:3, :3]))) / 1000
     truth = {name: float((phantom.labels == label).sum()) * voxel_ml for label, name in ((1, "organ"), (2, "lesion"))}
     return nifti_bytes(phantom.volume.voxels, phantom.volume.affine), truth
+
+
+@dataclass
+class Stack:
+    """The services, the app with the demo seeded, and a signed-in client of it."""
+
+    tmp: Path
+    services: dict
+    app: object
+    http: Http
+
+    def wait_for_demo(self, timeout: float = 300) -> list[dict]:
+        """The demo's three patients once each has its three studies and its notes."""
+        def seeded():
+            listed = [p for p in self.http.json("/api/patients") if p["synthetic"]]
+            return len(listed) == 3 and all(p["studies"] == 3 for p in listed) and all(
+                self.http.json(f"/api/patients/{p['patient_id']}")["features"].get("notes") for p in listed)
+        try:
+            wait_for(seeded, timeout=timeout, interval=1)
+        except TimeoutError:
+            raise AssertionError(f"the demo was not seeded:\n{self.app.log_tail(4000)}") from None
+        return [p for p in self.http.json("/api/patients") if p["synthetic"]]
+
+    def new_patient(self, sex: str = "female", birth_year: int = 1970) -> str:
+        status, _, body = self.http.post("/api/patients", json.dumps({"sex": sex, "birth_year": birth_year}).encode(),
+                                         "application/json")
+        assert status == 201, body
+        return json.loads(body)["twinId"]
+
+    def upload(self, patient_id: str, data: bytes, acquired: str = "", wait: bool = True):
+        query = urllib.parse.urlencode({"acquired": acquired, "wait": str(wait).lower()})
+        status, _, body = self.http.post(f"/api/patients/{patient_id}/studies?{query}", data,
+                                         "application/octet-stream")
+        return status, json.loads(body)
+
+
+@pytest.fixture(scope="session")
+def healthcare_stack(pki, tmp_path_factory):
+    """Vision (the trained segmentation model), IoT (the vitals anomaly model), text and audio services,
+    and the app seeding the demo: each a real process over mutual TLS, shared by the healthcare tests."""
+    tmp = tmp_path_factory.mktemp("healthcare")
+    started = []
+    try:
+        services = {}
+        for name, settings in (("vision", {}), ("iot", IOT_SETTINGS | {"data_dir": tmp / "iot"}), ("text", {}),
+                               ("audio", {})):
+            services[name] = start_service(f"services.{name}", pki, tmp, name, **settings)
+            started.append(services[name])
+        app, http = start_app(pki, tmp, services, seed_demo="true", vitals_interval_s=1,
+                              demo_vitals_interval_s=1, max_study_bytes=MAX_STUDY_BYTES)
+        started.append(app)
+        yield Stack(tmp, services, app, http)
+    finally:
+        for process in reversed(started):
+            process.stop(20)
+
+
+IOT_SETTINGS = {"anomaly_model": "", "remaining_life_model": ""}   # the pumps' models: not needed here
+MAX_STUDY_BYTES = 8 * 2**20
