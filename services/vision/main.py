@@ -62,7 +62,7 @@ def build(runtime: Runtime) -> Service:
     limits = ImageLimits(max_pixels=settings.max_image_pixels, max_side=settings.max_image_side)
     model = model_registry().create(settings.inspection_model, device=settings.device, limits=limits,
                                     threads=settings.model_threads, instances=settings.model_instances)
-    inspector = runtime.serve_model(_served_name(settings.inspection_model), model)
+    inspector = runtime.serve_model(served_name(settings.inspection_model), model)
     segmenter = build_segmenter(runtime) if settings.segmentation_model else None
     servicer = VisionServicer(inspector, limits, default_threshold=settings.inspection_threshold,
                               segmenter=segmenter,
@@ -84,11 +84,11 @@ def build_segmenter(runtime: Runtime) -> StudySegmenter:
                               max_queue_delay_s=settings.segmentation_max_queue_delay_ms / 1000,
                               max_queue_size=settings.max_queue_size, enabled=settings.dynamic_batching,
                               instances=settings.model_instances)
-    served = ServedModel(_served_name(settings.segmentation_model), adapter, batching, runtime.metrics)
+    served = ServedModel(served_name(settings.segmentation_model), adapter, batching, runtime.metrics)
     return StudySegmenter(served, adapter)
 
 
-def _served_name(model: str) -> str:
+def served_name(model: str) -> str:
     """A shipped model by its name; a folder by its last part."""
     return model if "/" not in model and not Path(model).exists() else Path(model).name
 

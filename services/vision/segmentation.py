@@ -195,7 +195,8 @@ class StudySegmenter:
         def submit(windows: list[torch.Tensor]) -> concurrent.futures.Future:
             return asyncio.run_coroutine_threadsafe(self.served.infer(windows, context), loop)
 
-        work = asyncio.ensure_future(asyncio.to_thread(self._segment_on_thread, volume, submit, report, cancelled))
+        work = asyncio.ensure_future(asyncio.to_thread(segment_volume, volume, self.plan, self.windows_per_request,
+                                                       submit, report, cancelled))
         try:
             while not work.done():
                 event = asyncio.ensure_future(events.get())
@@ -211,22 +212,26 @@ class StudySegmenter:
             cancelled.set()   # the thread stops before its next group of windows
             work.cancel()
 
-    def _segment_on_thread(self, volume: Volume, submit, report, cancelled: threading.Event) -> SegmentedStudy:
-        plan = self.plan
-        prepared = plan.prepare(as_meta_tensor(volume.voxels, volume.affine))
-        total = count_windows(prepared.shape[1:], plan.spec.roi_size, plan.spec.overlap)
-        predictor = WindowPredictor(submit, lambda done: report("segmenting", done, total), cancelled)
-        report("segmenting", 0, total)
-        with torch.inference_mode():
-            probabilities = sliding_window_inference(
-                prepared[None].as_tensor(), plan.spec.roi_size, self.windows_per_request, predictor,
-                overlap=plan.spec.overlap, mode=plan.blend_mode)
-            grid_labels = probabilities[0].argmax(0).to(torch.uint8).numpy()
-        del probabilities
-        report("measuring", predictor.done, total)
-        labels = to_study_grid(grid_labels, np.asarray(prepared.affine, np.float64), volume.voxels.shape,
-                               volume.affine)
-        return SegmentedStudy(labels, measure(labels, volume.affine, plan.spec.labels))
+def segment_volume(volume: Volume, plan: SegmentationPlan, windows_per_request: int,
+                   submit: Callable[[list[torch.Tensor]], concurrent.futures.Future],
+                   report: Callable[[str, int, int], None] = lambda *_: None,
+                   cancelled: threading.Event | None = None) -> SegmentedStudy:
+    """The whole pipeline of one study on the calling thread; ``submit`` runs groups of windows (through the
+    batcher in the service, directly in bench/segment_volume.py's raw phase)."""
+    prepared = plan.prepare(as_meta_tensor(volume.voxels, volume.affine))
+    total = count_windows(prepared.shape[1:], plan.spec.roi_size, plan.spec.overlap)
+    predictor = WindowPredictor(submit, lambda done: report("segmenting", done, total),
+                                cancelled or threading.Event())
+    report("segmenting", 0, total)
+    with torch.inference_mode():
+        probabilities = sliding_window_inference(
+            prepared[None].as_tensor(), plan.spec.roi_size, windows_per_request, predictor,
+            overlap=plan.spec.overlap, mode=plan.blend_mode)
+        grid_labels = probabilities[0].argmax(0).to(torch.uint8).numpy()
+    del probabilities
+    report("measuring", predictor.done, total)
+    labels = to_study_grid(grid_labels, np.asarray(prepared.affine, np.float64), volume.voxels.shape, volume.affine)
+    return SegmentedStudy(labels, measure(labels, volume.affine, plan.spec.labels))
 
 
 class WindowPredictor:
