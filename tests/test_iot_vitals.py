@@ -213,6 +213,22 @@ def test_every_asset_is_scored_by_its_type_when_none_is_named(ward):
 
 
 @pytest.mark.slow
+def test_a_sweep_asks_for_one_type_of_asset_only(ward):
+    """A caller that sweeps one kind of asset (the manufacturing app: its pumps) sees nothing of the others."""
+    listed = ward.ListAssets(iot_pb2.ListAssetsRequest(asset_type=CENTRIFUGAL_PUMP.name))
+    assert [a.asset_id for a in listed.assets] == ["pump-1"]
+    scored = ward.DetectAnomalies(iot_pb2.DetectAnomaliesRequest(asset_type=CENTRIFUGAL_PUMP.name))
+    assert [a.asset_id for a in scored.assets] == ["pump-1"]
+    patients = ward.DetectAnomalies(iot_pb2.DetectAnomaliesRequest(asset_type="patient-vitals"))
+    assert sorted(a.asset_id for a in patients.assets) == ["patient-calm", "patient-desaturating", "patient-falling"]
+    for call, request in ((ward.ListAssets, iot_pb2.ListAssetsRequest(asset_type="boiler")),
+                          (ward.DetectAnomalies, iot_pb2.DetectAnomaliesRequest(asset_type="boiler"))):
+        with pytest.raises(grpc.RpcError) as error:
+            call(request)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "boiler" in error.value.details()
+
+
+@pytest.mark.slow
 def test_remaining_life_does_not_apply_to_patients(ward):
     with pytest.raises(grpc.RpcError) as error:
         ward.PredictRemainingLife(iot_pb2.PredictRemainingLifeRequest(asset_ids=["patient-calm"]))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from apps.twins import Twin, finite
 from modalmesh.v1 import common_pb2, iot_pb2
 
+# The IoT asset type of the fleet's machines (services/iot/asset_types.py): the app asks for these only.
+MACHINES = "centrifugal-pump"
 HEALTH, REMAINING_LIFE, ANOMALIES = "health", "remainingLife", "anomalies"
 INSPECTION, ACOUSTIC, MAINTENANCE = "visualInspection", "acoustic", "maintenance"
 

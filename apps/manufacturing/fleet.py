@@ -105,7 +105,8 @@ class Fleet:
     async def _stored_rows(self, asset_id: str) -> int:
         """Rows stored for the asset now: the twin ignores estimates until a window of newer ones."""
         try:
-            listed = await self.iot.ListAssets(iot_pb2.ListAssetsRequest(), timeout=self.call_timeout_s)
+            listed = await self.iot.ListAssets(iot_pb2.ListAssetsRequest(asset_type=assets.MACHINES),
+                                               timeout=self.call_timeout_s)
         except grpc.aio.AioRpcError as error:
             outage = self.availability.failed(IOT, error)
             raise ServiceDown(f"IoT service unavailable ({outage.code}): {outage.detail}") from None

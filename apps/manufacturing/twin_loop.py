@@ -67,12 +67,14 @@ class TwinLoop:
     async def observe(self) -> list[Observation] | None:
         timeout = self.settings.call_timeout_s
         try:
-            listed = await self.iot.ListAssets(iot_pb2.ListAssetsRequest(), timeout=timeout)
-            # No ids: every asset with enough telemetry for the model (naming one without would fail all).
+            listed = await self.iot.ListAssets(iot_pb2.ListAssetsRequest(asset_type=assets.MACHINES), timeout=timeout)
+            # No ids: every machine with enough telemetry for the model (naming one without would fail all).
+            # The IoT service may hold other kinds of asset (patients' vital signs): never ask for those.
             lives = await self._optional(self.iot.PredictRemainingLife(
-                iot_pb2.PredictRemainingLifeRequest(), timeout=timeout))
+                iot_pb2.PredictRemainingLifeRequest(asset_type=assets.MACHINES), timeout=timeout))
             scores = await self._optional(self.iot.DetectAnomalies(
-                iot_pb2.DetectAnomaliesRequest(windows=self.settings.anomaly_windows), timeout=timeout))
+                iot_pb2.DetectAnomaliesRequest(windows=self.settings.anomaly_windows, asset_type=assets.MACHINES),
+                timeout=timeout))
         except grpc.aio.AioRpcError as error:
             if self.availability.outage(IOT) is None:   # once per outage, not once per pass
                 log.warning("IoT service unavailable", extra={"code": error.code().name, "detail": error.details()})

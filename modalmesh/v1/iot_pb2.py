@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from modalmesh.v1 import common_pb2 as modalmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16modalmesh/v1/iot.proto\x12\x0cmodalmesh.v1\x1a\x19modalmesh/v1/common.proto\"V\n\tAssetType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07sensors\x18\x02 \x03(\t\x12\x15\n\rcycle_seconds\x18\x03 \x01(\x01\x12\x13\n\x0bwindow_rows\x18\x04 \x01(\x05\"p\n\x05\x41sset\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0b\x32\x17.modalmesh.v1.AssetType\x12\x13\n\x0bstored_rows\x18\x03 \x01(\x03\x12\x19\n\x11last_timestamp_ms\x18\x04 \x01(\x03\"<\n\x14RegisterAssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\"L\n\x15RegisterAssetResponse\x12\"\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x13.modalmesh.v1.Asset\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x13\n\x11ListAssetsRequest\"g\n\x12ListAssetsResponse\x12#\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x13.modalmesh.v1.Asset\x12,\n\x0b\x61sset_types\x18\x02 \x03(\x0b\x32\x17.modalmesh.v1.AssetType\"\x97\x01\n\rIngestRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x0f\n\x07sensors\x18\x03 \x03(\t\x12+\n\rtimestamps_ms\x18\x04 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\x12$\n\x06values\x18\x05 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\"d\n\x0eIngestResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x13\n\x0bstored_rows\x18\x03 \x01(\x03\x12\x19\n\x11last_timestamp_ms\x18\x04 \x01(\x03\"<\n\x16\x44\x65tectAnomaliesRequest\x12\x11\n\tasset_ids\x18\x01 \x03(\t\x12\x0f\n\x07windows\x18\x02 \x01(\x05\"Q\n\x0bWindowScore\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x11\n\tanomalous\x18\x04 \x01(\x08\"\x9e\x01\n\x0e\x41ssetAnomalies\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12*\n\x07windows\x18\x02 \x03(\x0b\x32\x19.modalmesh.v1.WindowScore\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\x13\n\x0btop_sensors\x18\x04 \x03(\t\x12&\n\x05model\x18\x05 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo\"o\n\x17\x44\x65tectAnomaliesResponse\x12,\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x1c.modalmesh.v1.AssetAnomalies\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo\"0\n\x1bPredictRemainingLifeRequest\x12\x11\n\tasset_ids\x18\x01 \x03(\t\"\x98\x01\n\rRemainingLife\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ycles\x18\x02 \x01(\x02\x12\x14\n\x0clower_cycles\x18\x03 \x01(\x02\x12\x14\n\x0cupper_cycles\x18\x04 \x01(\x02\x12\x10\n\x08\x63overage\x18\x05 \x01(\x02\x12\x10\n\x08\x61s_of_ms\x18\x06 \x01(\x03\x12\x15\n\rcycle_seconds\x18\x07 \x01(\x01\"s\n\x1cPredictRemainingLifeResponse\x12+\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x1b.modalmesh.v1.RemainingLife\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo\"_\n\x15QueryTelemetryRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\x03\x12\x12\n\nmax_points\x18\x04 \x01(\x05\"\xa4\x01\n\x16QueryTelemetryResponse\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x0f\n\x07sensors\x18\x02 \x03(\t\x12+\n\rtimestamps_ms\x18\x03 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\x12$\n\x06values\x18\x04 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\x12\x14\n\x0cmatched_rows\x18\x05 \x01(\x03\x32\xac\x04\n\nIoTService\x12X\n\rRegisterAsset\x12\".modalmesh.v1.RegisterAssetRequest\x1a#.modalmesh.v1.RegisterAssetResponse\x12O\n\nListAssets\x12\x1f.modalmesh.v1.ListAssetsRequest\x1a .modalmesh.v1.ListAssetsResponse\x12G\n\x06Ingest\x12\x1b.modalmesh.v1.IngestRequest\x1a\x1c.modalmesh.v1.IngestResponse(\x01\x30\x01\x12^\n\x0f\x44\x65tectAnomalies\x12$.modalmesh.v1.DetectAnomaliesRequest\x1a%.modalmesh.v1.DetectAnomaliesResponse\x12m\n\x14PredictRemainingLife\x12).modalmesh.v1.PredictRemainingLifeRequest\x1a*.modalmesh.v1.PredictRemainingLifeResponse\x12[\n\x0eQueryTelemetry\x12#.modalmesh.v1.QueryTelemetryRequest\x1a$.modalmesh.v1.QueryTelemetryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16modalmesh/v1/iot.proto\x12\x0cmodalmesh.v1\x1a\x19modalmesh/v1/common.proto\"V\n\tAssetType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07sensors\x18\x02 \x03(\t\x12\x15\n\rcycle_seconds\x18\x03 \x01(\x01\x12\x13\n\x0bwindow_rows\x18\x04 \x01(\x05\"p\n\x05\x41sset\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0b\x32\x17.modalmesh.v1.AssetType\x12\x13\n\x0bstored_rows\x18\x03 \x01(\x03\x12\x19\n\x11last_timestamp_ms\x18\x04 \x01(\x03\"<\n\x14RegisterAssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\"L\n\x15RegisterAssetResponse\x12\"\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x13.modalmesh.v1.Asset\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\'\n\x11ListAssetsRequest\x12\x12\n\nasset_type\x18\x01 \x01(\t\"g\n\x12ListAssetsResponse\x12#\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x13.modalmesh.v1.Asset\x12,\n\x0b\x61sset_types\x18\x02 \x03(\x0b\x32\x17.modalmesh.v1.AssetType\"\x97\x01\n\rIngestRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x0f\n\x07sensors\x18\x03 \x03(\t\x12+\n\rtimestamps_ms\x18\x04 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\x12$\n\x06values\x18\x05 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\"d\n\x0eIngestResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x61sset_id\x18\x02 \x01(\t\x12\x13\n\x0bstored_rows\x18\x03 \x01(\x03\x12\x19\n\x11last_timestamp_ms\x18\x04 \x01(\x03\"P\n\x16\x44\x65tectAnomaliesRequest\x12\x11\n\tasset_ids\x18\x01 \x03(\t\x12\x0f\n\x07windows\x18\x02 \x01(\x05\x12\x12\n\nasset_type\x18\x03 \x01(\t\"Q\n\x0bWindowScore\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x11\n\tanomalous\x18\x04 \x01(\x08\"\x9e\x01\n\x0e\x41ssetAnomalies\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12*\n\x07windows\x18\x02 \x03(\x0b\x32\x19.modalmesh.v1.WindowScore\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\x13\n\x0btop_sensors\x18\x04 \x03(\t\x12&\n\x05model\x18\x05 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo\"o\n\x17\x44\x65tectAnomaliesResponse\x12,\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x1c.modalmesh.v1.AssetAnomalies\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo\"D\n\x1bPredictRemainingLifeRequest\x12\x11\n\tasset_ids\x18\x01 \x03(\t\x12\x12\n\nasset_type\x18\x02 \x01(\t\"\x98\x01\n\rRemainingLife\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ycles\x18\x02 \x01(\x02\x12\x14\n\x0clower_cycles\x18\x03 \x01(\x02\x12\x14\n\x0cupper_cycles\x18\x04 \x01(\x02\x12\x10\n\x08\x63overage\x18\x05 \x01(\x02\x12\x10\n\x08\x61s_of_ms\x18\x06 \x01(\x03\x12\x15\n\rcycle_seconds\x18\x07 \x01(\x01\"s\n\x1cPredictRemainingLifeResponse\x12+\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x1b.modalmesh.v1.RemainingLife\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.modalmesh.v1.ModelInfo\"_\n\x15QueryTelemetryRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\x03\x12\x12\n\nmax_points\x18\x04 \x01(\x05\"\xa4\x01\n\x16QueryTelemetryResponse\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x0f\n\x07sensors\x18\x02 \x03(\t\x12+\n\rtimestamps_ms\x18\x03 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\x12$\n\x06values\x18\x04 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\x12\x14\n\x0cmatched_rows\x18\x05 \x01(\x03\x32\xac\x04\n\nIoTService\x12X\n\rRegisterAsset\x12\".modalmesh.v1.RegisterAssetRequest\x1a#.modalmesh.v1.RegisterAssetResponse\x12O\n\nListAssets\x12\x1f.modalmesh.v1.ListAssetsRequest\x1a .modalmesh.v1.ListAssetsResponse\x12G\n\x06Ingest\x12\x1b.modalmesh.v1.IngestRequest\x1a\x1c.modalmesh.v1.IngestResponse(\x01\x30\x01\x12^\n\x0f\x44\x65tectAnomalies\x12$.modalmesh.v1.DetectAnomaliesRequest\x1a%.modalmesh.v1.DetectAnomaliesResponse\x12m\n\x14PredictRemainingLife\x12).modalmesh.v1.PredictRemainingLifeRequest\x1a*.modalmesh.v1.PredictRemainingLifeResponse\x12[\n\x0eQueryTelemetry\x12#.modalmesh.v1.QueryTelemetryRequest\x1a$.modalmesh.v1.QueryTelemetryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,31 +41,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERASSETRESPONSE']._serialized_start=331
   _globals['_REGISTERASSETRESPONSE']._serialized_end=407
   _globals['_LISTASSETSREQUEST']._serialized_start=409
-  _globals['_LISTASSETSREQUEST']._serialized_end=428
-  _globals['_LISTASSETSRESPONSE']._serialized_start=430
-  _globals['_LISTASSETSRESPONSE']._serialized_end=533
-  _globals['_INGESTREQUEST']._serialized_start=536
-  _globals['_INGESTREQUEST']._serialized_end=687
-  _globals['_INGESTRESPONSE']._serialized_start=689
-  _globals['_INGESTRESPONSE']._serialized_end=789
-  _globals['_DETECTANOMALIESREQUEST']._serialized_start=791
-  _globals['_DETECTANOMALIESREQUEST']._serialized_end=851
-  _globals['_WINDOWSCORE']._serialized_start=853
-  _globals['_WINDOWSCORE']._serialized_end=934
-  _globals['_ASSETANOMALIES']._serialized_start=937
-  _globals['_ASSETANOMALIES']._serialized_end=1095
-  _globals['_DETECTANOMALIESRESPONSE']._serialized_start=1097
-  _globals['_DETECTANOMALIESRESPONSE']._serialized_end=1208
-  _globals['_PREDICTREMAININGLIFEREQUEST']._serialized_start=1210
-  _globals['_PREDICTREMAININGLIFEREQUEST']._serialized_end=1258
-  _globals['_REMAININGLIFE']._serialized_start=1261
-  _globals['_REMAININGLIFE']._serialized_end=1413
-  _globals['_PREDICTREMAININGLIFERESPONSE']._serialized_start=1415
-  _globals['_PREDICTREMAININGLIFERESPONSE']._serialized_end=1530
-  _globals['_QUERYTELEMETRYREQUEST']._serialized_start=1532
-  _globals['_QUERYTELEMETRYREQUEST']._serialized_end=1627
-  _globals['_QUERYTELEMETRYRESPONSE']._serialized_start=1630
-  _globals['_QUERYTELEMETRYRESPONSE']._serialized_end=1794
-  _globals['_IOTSERVICE']._serialized_start=1797
-  _globals['_IOTSERVICE']._serialized_end=2353
+  _globals['_LISTASSETSREQUEST']._serialized_end=448
+  _globals['_LISTASSETSRESPONSE']._serialized_start=450
+  _globals['_LISTASSETSRESPONSE']._serialized_end=553
+  _globals['_INGESTREQUEST']._serialized_start=556
+  _globals['_INGESTREQUEST']._serialized_end=707
+  _globals['_INGESTRESPONSE']._serialized_start=709
+  _globals['_INGESTRESPONSE']._serialized_end=809
+  _globals['_DETECTANOMALIESREQUEST']._serialized_start=811
+  _globals['_DETECTANOMALIESREQUEST']._serialized_end=891
+  _globals['_WINDOWSCORE']._serialized_start=893
+  _globals['_WINDOWSCORE']._serialized_end=974
+  _globals['_ASSETANOMALIES']._serialized_start=977
+  _globals['_ASSETANOMALIES']._serialized_end=1135
+  _globals['_DETECTANOMALIESRESPONSE']._serialized_start=1137
+  _globals['_DETECTANOMALIESRESPONSE']._serialized_end=1248
+  _globals['_PREDICTREMAININGLIFEREQUEST']._serialized_start=1250
+  _globals['_PREDICTREMAININGLIFEREQUEST']._serialized_end=1318
+  _globals['_REMAININGLIFE']._serialized_start=1321
+  _globals['_REMAININGLIFE']._serialized_end=1473
+  _globals['_PREDICTREMAININGLIFERESPONSE']._serialized_start=1475
+  _globals['_PREDICTREMAININGLIFERESPONSE']._serialized_end=1590
+  _globals['_QUERYTELEMETRYREQUEST']._serialized_start=1592
+  _globals['_QUERYTELEMETRYREQUEST']._serialized_end=1687
+  _globals['_QUERYTELEMETRYRESPONSE']._serialized_start=1690
+  _globals['_QUERYTELEMETRYRESPONSE']._serialized_end=1854
+  _globals['_IOTSERVICE']._serialized_start=1857
+  _globals['_IOTSERVICE']._serialized_end=2413
 # @@protoc_insertion_point(module_scope)

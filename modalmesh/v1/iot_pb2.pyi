@@ -48,8 +48,10 @@ class RegisterAssetResponse(_message.Message):
     def __init__(self, asset: _Optional[_Union[Asset, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class ListAssetsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("asset_type",)
+    ASSET_TYPE_FIELD_NUMBER: _ClassVar[int]
+    asset_type: str
+    def __init__(self, asset_type: _Optional[str] = ...) -> None: ...
 
 class ListAssetsResponse(_message.Message):
     __slots__ = ("assets", "asset_types")
@@ -86,12 +88,14 @@ class IngestResponse(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., asset_id: _Optional[str] = ..., stored_rows: _Optional[int] = ..., last_timestamp_ms: _Optional[int] = ...) -> None: ...
 
 class DetectAnomaliesRequest(_message.Message):
-    __slots__ = ("asset_ids", "windows")
+    __slots__ = ("asset_ids", "windows", "asset_type")
     ASSET_IDS_FIELD_NUMBER: _ClassVar[int]
     WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    ASSET_TYPE_FIELD_NUMBER: _ClassVar[int]
     asset_ids: _containers.RepeatedScalarFieldContainer[str]
     windows: int
-    def __init__(self, asset_ids: _Optional[_Iterable[str]] = ..., windows: _Optional[int] = ...) -> None: ...
+    asset_type: str
+    def __init__(self, asset_ids: _Optional[_Iterable[str]] = ..., windows: _Optional[int] = ..., asset_type: _Optional[str] = ...) -> None: ...
 
 class WindowScore(_message.Message):
     __slots__ = ("start_ms", "end_ms", "score", "anomalous")
@@ -128,10 +132,12 @@ class DetectAnomaliesResponse(_message.Message):
     def __init__(self, assets: _Optional[_Iterable[_Union[AssetAnomalies, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ...) -> None: ...
 
 class PredictRemainingLifeRequest(_message.Message):
-    __slots__ = ("asset_ids",)
+    __slots__ = ("asset_ids", "asset_type")
     ASSET_IDS_FIELD_NUMBER: _ClassVar[int]
+    ASSET_TYPE_FIELD_NUMBER: _ClassVar[int]
     asset_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, asset_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    asset_type: str
+    def __init__(self, asset_ids: _Optional[_Iterable[str]] = ..., asset_type: _Optional[str] = ...) -> None: ...
 
 class RemainingLife(_message.Message):
     __slots__ = ("asset_id", "cycles", "lower_cycles", "upper_cycles", "coverage", "as_of_ms", "cycle_seconds")

@@ -59,7 +59,8 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
         return iot_pb2.RegisterAssetResponse(asset=_asset(asset), created=created)
 
     async def ListAssets(self, request: iot_pb2.ListAssetsRequest, context) -> iot_pb2.ListAssetsResponse:
-        assets = await asyncio.to_thread(self.store.assets)
+        asset_type = self._asset_type_filter(request.asset_type)
+        assets = [a for a in await asyncio.to_thread(self.store.assets) if asset_type in ("", a.asset_type.name)]
         return iot_pb2.ListAssetsResponse(assets=[_asset(a) for a in assets],
                                           asset_types=[t.to_proto() for t in self.store.asset_types.values()])
 
@@ -83,7 +84,7 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
         windows = request.windows or 1
         if not 1 <= windows <= MAX_WINDOWS:
             raise InvalidArgument(("windows", f"{windows} windows; ask for 1 to {MAX_WINDOWS}"))
-        assets = await self._assets_with_rows(request.asset_ids, self.anomaly, "anomaly",
+        assets = await self._assets_with_rows(request.asset_ids, request.asset_type, self.anomaly, "anomaly",
                                               lambda a, model: a.asset_type.anomaly_window_rows)
         # One read of every asset's windows, one request per model: the call's rows batch together.
         windows_of = await asyncio.to_thread(lambda: [self._latest_windows(a, windows) for a in assets])
@@ -94,7 +95,8 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
 
     async def PredictRemainingLife(self, request: iot_pb2.PredictRemainingLifeRequest,
                                    context) -> iot_pb2.PredictRemainingLifeResponse:
-        assets = await self._assets_with_rows(request.asset_ids, self.remaining_life, "remaining-life",
+        assets = await self._assets_with_rows(request.asset_ids, request.asset_type, self.remaining_life,
+                                              "remaining-life",
                                               lambda a, model: model.adapter.min_rows)
         latest = await asyncio.to_thread(
             lambda: [self.store.read_latest(a.asset_id, a.asset_type.window_rows) for a in assets])
@@ -124,19 +126,27 @@ class IoTServicer(iot_pb2_grpc.IoTServiceServicer):
         except UnknownAsset as error:
             raise NotFound(f"{error}; call RegisterAsset first") from None
 
-    async def _assets_with_rows(self, asset_ids, slots: Mapping[str, ModelSlot], kind: str,
+    def _asset_type_filter(self, asset_type: str) -> str:
+        if asset_type and asset_type not in self.store.asset_types:
+            raise InvalidArgument(("asset_type",
+                                   f"unknown type {asset_type!r}; known: {sorted(self.store.asset_types)}"))
+        return asset_type
+
+    async def _assets_with_rows(self, asset_ids, asset_type: str, slots: Mapping[str, ModelSlot], kind: str,
                                 rows_needed: Callable[[StoredAsset, ServedModel], int]) -> list[StoredAsset]:
         """The assets asked for, each of a type `slots` serves and with enough telemetry; none asked: every
-        asset of a served type that has enough."""
+        asset of a served type (of `asset_type`, when given) that has enough."""
         def needs(asset: StoredAsset) -> int:
             model = slots[asset.asset_type.name].model
             model.require_ready()
             return rows_needed(asset, model)
 
+        wanted = self._asset_type_filter(asset_type)
         if not asset_ids:
             _require_any(slots, kind)
             served = [a for a in await asyncio.to_thread(self.store.assets)
-                      if getattr(slots.get(a.asset_type.name), "model", None) is not None]
+                      if getattr(slots.get(a.asset_type.name), "model", None) is not None
+                      and wanted in ("", a.asset_type.name)]
             return [a for a in served if a.stored_rows >= needs(a)]
         if len(asset_ids) > MAX_ASSETS_PER_REQUEST:
             raise InvalidArgument(("asset_ids", f"{len(asset_ids)} assets; ask for at most {MAX_ASSETS_PER_REQUEST}"))
