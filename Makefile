@@ -69,6 +69,7 @@ bench: $(STAMP) system-packages ## Run the benchmarks of every service (print ra
 	$(PY) bench/iot_models.py
 	$(PY) bench/audio_rtf.py
 	$(PY) bench/vision_inspect.py
+	$(PY) bench/segment_volume.py
 
 # The peers' own environments (bench/.venv-ray, bench/.venv-pytriton) are made by the script on first use.
 bench-peers: $(STAMP) ## modalmesh vs Ray Serve vs PyTriton on the same model (BENCH_PEERS_ARGS="--quick" for a smoke test)

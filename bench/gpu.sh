@@ -5,7 +5,8 @@
 #
 # Steps, all by default, in this order: embed-c256 (raw ceilings at batch 512/32/1, the service at 256
 # callers, batching on and off), embed-workers (the same load on MODALMESH_WORKERS=$GPU_WORKERS server
-# processes, default 8), embed-c64 (64 callers, batch 32), generate (a 0.3B Llama architecture).
+# processes, default 8), embed-c64 (64 callers, batch 32), segment (3D segmentation: studies/min of 96^3 and
+# 256x256x128 studies, windows/s with 1 and 4 concurrent studies), generate (a 0.3B Llama architecture).
 # $GPU_BENCH_SECONDS (8) is the measured time per phase, $GPU_GENERATE_TOKENS (64) the new tokens per
 # generation request.
 #
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 out=${1:-bench/results}
 mkdir -p "$out"
 shift || true
-steps=" ${*:-embed-c256 embed-workers embed-c64 generate} "
+steps=" ${*:-embed-c256 embed-workers embed-c64 segment generate} "
 seconds=${GPU_BENCH_SECONDS:-8}
 wanted() { [[ "$steps" == *" $1 "* ]]; }
 site=${MODALMESH_GPU_SITE:-/tmp/modalmesh-gpu-site}
@@ -61,6 +62,14 @@ wanted embed-workers && "$py" bench/embed_batching.py "${model_args[@]}" "${c256
   --workers "${GPU_WORKERS:-8}" --threads "${GPU_WORKERS:-8}" --out "$out/embed_gpu_c256_workers.json"
 wanted embed-c64 && "$py" bench/embed_batching.py "${model_args[@]}" --raw-batch 32 --raw-extra 1 --concurrency 64 \
   --client-processes 2 --duration "$seconds" --warmup 2 --out "$out/embed_gpu_c64.json"
+
+# 3D segmentation: the packaged abdomen-phantom model with mixed precision (the service's default on a GPU).
+# Its packages without their dependencies: pip would otherwise put a CPU torch ahead of the machine's CUDA one.
+if wanted segment; then
+  "$py" -m pip install "${pip_args[@]}" --no-deps monai==1.6.1 nibabel==5.4.2 pydicom==3.0.2 scipy==1.17.1 \
+    opencv-python-headless==4.14.0.94 safetensors==0.8.0
+  "$py" bench/segment_volume.py --device cuda --seconds "$seconds" --max-batch-size 16 --out "$out/segment_volume_gpu.json"
+fi
 wanted generate || exit 0
 
 # Generation: a Llama-architecture model of about 0.3B parameters with random weights (tokens/s do
