@@ -222,8 +222,8 @@ def main(argv=None) -> int:
             if service.process.poll() is not None:
                 raise RuntimeError(f"the service exited during the run:\n{service.log_tail()}")
 
-    ratios = {f"service_vs_raw_{s}": round(record["service"][s]["studies_per_min"] / record["raw"][s]["studies_per_min"],
-                                           3) for s in sizes}
+    ratios = {f"service_vs_raw_{s}": round(record["service"][s]["studies_per_min"]
+                                           / record["raw"][s]["studies_per_min"], 3) for s in sizes}
     ratios[f"windows_per_s_{args.concurrency}_vs_1_{sizes[0]}"] = round(
         record["concurrent"]["windows_per_s"] / record["service"][sizes[0]]["windows_per_s"], 3)
     record["ratios"] = ratios

@@ -1,6 +1,7 @@
 """A MONAI bundle by path: a tiny bundle in the layout of the Model Zoo's spleen_ct_segmentation (its transforms,
 inferer and metadata; a small UNet with random weights) loads through MODALMESH_SEGMENTATION_MODEL and segments
-over gRPC with mutual TLS exactly as MONAI's own bundle pipeline does."""
+over gRPC with mutual TLS exactly as MONAI's own bundle pipeline does; by Hugging Face id too, from the local
+cache (how the Model Zoo publishes bundles, and what a cluster's model-cache volume holds)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from services.vision.segmentation import count_windows, to_study_grid
 from services.vision.study_stream import collect_reply, study_requests
 from services.vision.volumes import nifti_bytes
 from tests.segmentation_models import write_tiny_bundle
-from tests.support import start_service
+from tests.support import install_in_hub_cache, start_service
 
 PIXDIM, ROI = (2.0, 2.0, 2.5), (48, 48, 48)
 
@@ -75,3 +76,21 @@ def test_a_bundle_segments_over_grpc_as_monai_runs_it(bundle, bundle_service, tm
     assert 0 < np.count_nonzero(expected) < expected.size   # random weights, but not a constant answer
     agreement = np.mean(labels == expected)
     assert agreement >= 0.999, agreement
+
+
+@pytest.mark.slow
+def test_a_bundle_by_hugging_face_id_loads_from_the_local_cache(pki, tmp_path, bundle):
+    hf_home = tmp_path / "hf"
+    install_in_hub_cache(bundle, hf_home, "MONAI/spleen_ct_segmentation")
+    service = start_service("services.vision", pki, tmp_path, "vision",
+                            segmentation_model="MONAI/spleen_ct_segmentation", environment={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    try:
+        phantom = make_phantom(9141, (48, 48, 48), (2.0, 2.0, 2.0))
+        with service.channel() as channel:
+            reply = collect_reply(vision_pb2_grpc.VisionServiceStub(channel).SegmentVolume(
+                study_requests(vision_pb2.VolumeHeader(format=vision_pb2.VOLUME_FORMAT_NIFTI),
+                               nifti_bytes(phantom.volume.voxels, phantom.volume.affine)), timeout=120))
+        assert reply.result.model.name == "Tiny spleen-layout bundle"
+        assert dict(reply.result.label_names) == {0: "background", 1: "spleen"}
+    finally:
+        assert service.stop() == 0, service.log_tail()

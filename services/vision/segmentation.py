@@ -8,7 +8,8 @@ reduced to labels on the prepared grid, mapped back to the study's own grid (nea
 affines) and measured there.
 
 Models: a folder written by scripts/train_segmentation_model.py (model.safetensors + provenance.json; the
-packaged ``abdomen-phantom`` is one), or a MONAI bundle folder (services/vision/monai_bundle.py).
+packaged ``abdomen-phantom`` is one), or a MONAI bundle folder (services/vision/monai_bundle.py), either by
+path or by Hugging Face id from the local cache (the Model Zoo publishes its bundles as MONAI/<name>).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class VolumeSegmentationModel(ModelAdapter):
 
     def load(self) -> None:
         configure_threads(self.threads, self.instances)
+        self.path = model_folder(self.path)
         if is_bundle(self.path):
             bundle = read_bundle(self.path, self.device)
             self.network, description = bundle.network, bundle.description
@@ -107,6 +109,17 @@ class VolumeSegmentationModel(ModelAdapter):
         with torch.autocast("cuda", dtype=self._autocast) if self._autocast else contextlib.nullcontext():
             logits = self.network(x)
         return torch.softmax(logits.float(), dim=1).to(torch.float16).cpu()
+
+
+def model_folder(source: Path) -> Path:
+    """A folder as it is, or a Hugging Face id's snapshot in the local cache (never downloaded here)."""
+    if source.is_dir():
+        return source
+    if len(source.parts) == 2 and not source.is_absolute():
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(source), local_files_only=True))
+    raise FileNotFoundError(f"segmentation model {source}: no such folder, and not a Hugging Face id (org/name)")
 
 
 def _read_trained(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict, SegmentationSpec]:
