@@ -238,6 +238,28 @@ def test_progress_comes_in_order_with_the_study_id(untrained):
     assert windows[0].windows_done == 0 and windows[-1].windows_done == windows[-1].windows_total > 1
 
 
+def test_the_network_alone_over_the_open_inference_protocol(random_service):
+    from inference import grpc_service_pb2 as oip
+    from inference import grpc_service_pb2_grpc as oip_grpc
+
+    def infer(windows: np.ndarray):
+        return oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(oip.ModelInferRequest(
+            model_name="random-unet", inputs=[oip.ModelInferRequest.InferInputTensor(
+                name="WINDOW", datatype="FP32", shape=list(windows.shape))],
+            raw_input_contents=[windows.tobytes()]), timeout=30)
+
+    windows = np.random.default_rng(0).random((2, 1, 48, 48, 48), dtype=np.float32)
+    with random_service.channel() as channel:
+        reply = infer(windows)
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(windows[:, :, :40])
+    probabilities = np.frombuffer(reply.raw_output_contents[0], "<f2").reshape(tuple(reply.outputs[0].shape))
+    assert reply.outputs[0].name == "PROBABILITIES" and probabilities.shape == (2, 3, 48, 48, 48)
+    assert np.allclose(probabilities.astype(np.float32).sum(1), 1.0, atol=5e-3)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "WINDOW" in [f for f, _ in bad_request_of(caught.value)]
+
+
 # -- bad input ---------------------------------------------------------------------------------------------------
 
 

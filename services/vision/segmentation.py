@@ -31,9 +31,9 @@ from monai.inferers import sliding_window_inference
 from monai.inferers.utils import _get_scan_interval
 from monai.transforms import Compose
 
-from services.runtime.adapter import ModelAdapter, ModelDescription
+from services.runtime.adapter import ModelAdapter, ModelDescription, TensorSpec
 from services.runtime.devices import configure_threads, pick_device, pick_dtype
-from services.runtime.errors import ResourceExhausted
+from services.runtime.errors import InvalidArgument, ResourceExhausted
 from services.runtime.served_model import ServedModel
 from services.vision.monai_bundle import is_bundle, read_bundle
 from services.vision.volume_model import SegmentationSpec, as_meta_tensor, build_network, preparation
@@ -62,6 +62,10 @@ class SegmentationPlan:
 class VolumeSegmentationModel(ModelAdapter):
     """Rows: prepared windows, float32 [1, *roi_size], from one or several studies.
     Results: class probabilities per window, float16 [classes, *roi_size] (half the memory of queued results)."""
+
+    # Open Inference Protocol view: prepared windows in, class probabilities out (the network alone).
+    inputs = (TensorSpec("WINDOW", "FP32", (1, -1, -1, -1)),)
+    outputs = (TensorSpec("PROBABILITIES", "FP16", (-1, -1, -1, -1)),)
 
     def __init__(self, path: Path | str = MODELS_DIR / ABDOMEN_PHANTOM, device: str = "auto",
                  precision: str = "auto", threads: int = 0, instances: int = 1):
@@ -102,6 +106,17 @@ class VolumeSegmentationModel(ModelAdapter):
 
     def close(self) -> None:
         self.network = None
+
+    def rows_from_tensors(self, tensors: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        windows = tensors["WINDOW"]
+        if tuple(windows.shape[1:]) != (1, *self.plan.spec.roi_size):
+            raise InvalidArgument(("WINDOW", f"shape {list(windows.shape)}: windows of this model are "
+                                             f"[batch, 1, {', '.join(map(str, self.plan.spec.roi_size))}], prepared "
+                                             "as its spec says"))
+        return list(torch.from_numpy(np.array(windows, np.float32)))
+
+    def tensors_from_results(self, results: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+        return {"PROBABILITIES": torch.stack(list(results)).numpy()}
 
     @torch.inference_mode()
     def run_batch(self, rows: Sequence[torch.Tensor]) -> torch.Tensor:
