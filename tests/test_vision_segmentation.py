@@ -402,25 +402,50 @@ def test_studies_past_the_admission_limits_are_refused_at_once(untrained):
         assert collect_reply(call).result.structures
 
 
-@pytest.mark.slow
-def test_a_cancelled_study_stops_sending_windows(untrained, random_service):
-    # 1.5 mm voxels over 384 mm: the prepared 2 mm grid has a hundred windows, and each batch of four waits
-    # 100 ms for company, so the study takes seconds; it is cancelled once its first windows are back.
+@pytest.fixture(scope="module")
+def long_study():
+    """1.5 mm voxels over 384 mm: the prepared 2 mm grid has a hundred windows, and on the random service each
+    batch of four waits 100 ms for company, so the study takes seconds."""
     voxels = make_phantom(9132, (256, 256, 200), (1.5, 1.5, 1.5)).volume.voxels.astype(np.int16)
     header = vision_pb2.VolumeHeader(format=RAW, raw=vision_pb2.RawVolume(
         dtype=common_pb2.DATA_TYPE_INT16, shape=[256, 256, 200], spacing_mm=[1.5, 1.5, 1.5]))
-    rows_before = metric(random_service.metrics(), "modalmesh_batch_size_sum", model="random-unet")
-    call = untrained.SegmentVolume(study_requests(header, voxels.tobytes()), timeout=120)
+    return header, voxels.tobytes()
+
+
+def windows_run(service) -> float:
+    return metric(service.metrics(), "modalmesh_batch_size_sum", model="random-unet")
+
+
+def assert_windows_stop(service, before: float, total: int) -> None:
+    """No window of the abandoned study reaches the network any more, and few ever did."""
+    time.sleep(1.0)
+    done = windows_run(service) - before
+    time.sleep(1.0)
+    assert windows_run(service) - before == done
+    assert done < total / 2, (done, total)
+    assert service.health("modalmesh.v1.VisionService") == "SERVING"
+
+
+@pytest.mark.slow
+def test_a_cancelled_study_stops_sending_windows(untrained, random_service, long_study):
+    before = windows_run(random_service)
+    call = untrained.SegmentVolume(study_requests(*long_study), timeout=120)
     total = 0
-    for response in call:
+    for response in call:   # cancelled once its first windows are back
         if response.progress.stage == STAGE.Value("SEGMENTATION_STAGE_SEGMENTING") and response.progress.windows_done:
             total = response.progress.windows_total
             call.cancel()
             break
     assert total >= 80
-    time.sleep(1.0)
-    done = metric(random_service.metrics(), "modalmesh_batch_size_sum", model="random-unet") - rows_before
-    time.sleep(1.0)
-    assert metric(random_service.metrics(), "modalmesh_batch_size_sum", model="random-unet") - rows_before == done
-    assert done < total / 4, (done, total)
-    assert random_service.health("modalmesh.v1.VisionService") == "SERVING"
+    assert_windows_stop(random_service, before, total)
+
+
+@pytest.mark.slow
+def test_a_study_past_its_deadline_stops_sending_windows(untrained, random_service, long_study):
+    before = windows_run(random_service)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        collect_reply(untrained.SegmentVolume(study_requests(*long_study), timeout=2.5))
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 5
+    assert_windows_stop(random_service, before, total=100)
