@@ -3,8 +3,9 @@ in-process pipeline on the same model, and windows/s through the batcher with 1 
 
 Phases, in this order, on one machine:
   1. raw       the pipeline in this process, no gRPC and no batcher: read the NIfTI, prepare, sliding windows
-               straight into the model's run_batch (--windows-per-request at a time, as the service hands
-               them to its batcher), labels back to the study's grid, measurements, labels encoded as NIfTI-gz;
+               straight into the model's run_batch on one model thread (--windows-per-request at a time, as
+               the service hands them to its batcher), labels back to the study's grid, measurements, labels
+               encoded as NIfTI-gz;
   2. service   `python -m services.vision`, one study at a time from this process over gRPC + mutual TLS
                (1 MiB chunks, labels back as NIfTI-gz), for each study size;
   3. service   the same with --concurrency (4) studies at once, each client sending its next study when the
@@ -58,6 +59,9 @@ class RawPipeline:
         self.adapter.load()
         self.adapter.warm_up()
         self.windows_per_request = min(windows_per_request, self.adapter.plan.windows_per_request)
+        # The network runs on a worker thread in the service; on the calling thread it would run at another
+        # speed (on a loaded 2-core machine, torch's intra-op threads there were 3x slower at batch 4).
+        self.model_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="raw-model")
 
     def run(self, data: bytes) -> int:
         """One study, start to end; returns its windows."""
@@ -66,10 +70,8 @@ class RawPipeline:
 
         windows = [0]
 
-        def submit(rows):
-            future = concurrent.futures.Future()
-            future.set_result(self.adapter.run_batch(rows))
-            return future
+        def submit(rows):   # one model thread, as the service's batcher has
+            return self.model_thread.submit(self.adapter.run_batch, rows)
 
         def report(stage, done, total):
             windows[0] = total
