@@ -98,8 +98,10 @@ class Ingestor:
 
     async def _segment(self, job: Job, upload: Path, kind: str, study_id: str):
         async def progress(update: vision_pb2.SegmentationProgress) -> None:
-            await self.jobs.update(job, state=STAGES.get(update.stage, job.state), sent_bytes=update.bytes_received,
-                                   windows_done=update.windows_done, windows_total=update.windows_total)
+            await self.jobs.update(job, state=STAGES.get(update.stage, job.state),
+                                   sent_bytes=max(job.sent_bytes, update.bytes_received),
+                                   windows_done=max(job.windows_done, update.windows_done),
+                                   windows_total=update.windows_total or job.windows_total)
         try:
             return await segment(self.vision, upload, kind, study_id, self.segment_timeout_s, progress)
         except StudyRejected as refused:
