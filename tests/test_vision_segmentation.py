@@ -1,14 +1,13 @@
-"""VisionService.SegmentVolume over a real socket with mutual TLS.
-
-Two service processes: one serving the packaged abdomen-phantom model (held-out Dice, a 256 x 256 x 128
-study in 1 MiB chunks, DICOM and NIfTI of one volume, four studies at once), and one serving a small network
-with random weights, for everything that does not depend on what the network learned (the stream protocol,
-label formats and geometry, measurements against the labels returned, bad input, admission, cancellation).
+"""VisionService.SegmentVolume over a real socket with mutual TLS, on the packaged abdomen-phantom model:
+held-out Dice, a 256 x 256 x 128 study in 1 MiB chunks, DICOM and NIfTI of one volume, four studies at once,
+the stream protocol, label formats and geometry, measurements against the labels returned, the network over
+the Open Inference Protocol, bad input, admission, cancellation and deadlines.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 import time
 
@@ -20,48 +19,35 @@ import pytest
 from modalmesh.v1 import common_pb2, vision_pb2, vision_pb2_grpc
 from services.runtime.errors import bad_request_of
 from services.vision.phantoms import make_phantom
+from services.vision.segmentation import ABDOMEN_PHANTOM, MODELS_DIR, PROVENANCE_FILE, count_windows
+from services.vision.volume_model import SegmentationSpec, as_meta_tensor, preparation
 from services.vision.study_stream import collect_reply, study_requests
 from services.vision.volumes import VolumeLimits, dicom_zip_bytes, nifti_bytes, read_dicom_zip, read_nifti
-from tests.segmentation_models import write_random_model
 from tests.support import metric, start_service
 
 NIFTI, DICOM, RAW = vision_pb2.VOLUME_FORMAT_NIFTI, vision_pb2.VOLUME_FORMAT_DICOM_ZIP, vision_pb2.VOLUME_FORMAT_RAW
 STAGE = vision_pb2.SegmentationStage
 MiB = 1024 * 1024
+MODEL = ABDOMEN_PHANTOM
 # Anatomy seeds the training script never draws from (it trains on 1000+), on grids it never trains on
 # (scripts/train_segmentation_model.py, TRAIN_GRIDS).
 HELDOUT_SEEDS = (9100, 9101, 9102)
 
 
 @pytest.fixture(scope="module")
-def trained_service(pki, tmp_path_factory):
-    """The packaged model, as a deployment gets it by default."""
-    service = start_service("services.vision", pki, tmp_path_factory.mktemp("vision-seg"), "vision")
-    yield service
-    assert service.stop() == 0, service.log_tail()
-
-
-@pytest.fixture(scope="module")
-def random_service(pki, tmp_path_factory):
-    """A small random network; windows wait up to 100 ms for company, so a study takes long enough to cancel."""
-    tmp = tmp_path_factory.mktemp("vision-seg-random")
-    model = write_random_model(tmp / "random-unet")
-    service = start_service("services.vision", pki, tmp, "vision", segmentation_model=str(model),
-                            segmentation_max_queue_delay_ms=100, max_concurrent_studies=2, max_queued_studies=1,
+def vision_service(pki, tmp_path_factory):
+    """The packaged model, as a deployment gets it; windows wait up to 100 ms for company (so four concurrent
+    studies share batches, and a long study takes long enough to cancel); 4 studies at once and 1 waiting."""
+    service = start_service("services.vision", pki, tmp_path_factory.mktemp("vision-seg"), "vision",
+                            segmentation_max_queue_delay_ms=100, max_concurrent_studies=4, max_queued_studies=1,
                             max_volume_bytes=64 * MiB)
     yield service
     assert service.stop() == 0, service.log_tail()
 
 
 @pytest.fixture(scope="module")
-def trained(trained_service):
-    with trained_service.channel() as channel:
-        yield vision_pb2_grpc.VisionServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def untrained(random_service):
-    with random_service.channel() as channel:
+def vision(vision_service):
+    with vision_service.channel() as channel:
         yield vision_pb2_grpc.VisionServiceStub(channel)
 
 
@@ -96,22 +82,22 @@ def truth_ml(phantom, label: int) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shape, spacing", [((96, 96, 96), (2.2, 2.2, 2.2)), ((80, 112, 72), (2.3, 1.7, 2.6))])
-def test_heldout_dice_per_label_through_the_api(trained, shape, spacing):
+def test_heldout_dice_per_label_through_the_api(vision, shape, spacing):
     scores = {"organ": [], "lesion": []}
     for seed in HELDOUT_SEEDS:
         phantom = make_phantom(seed, shape, spacing)
-        labels = labels_of(segment(trained, nifti_of(phantom)))
+        labels = labels_of(segment(vision, nifti_of(phantom)))
         for label, name in ((1, "organ"), (2, "lesion")):
             scores[name].append(dice(labels == label, phantom.labels == label))
     assert min(scores["organ"]) >= 0.9 and min(scores["lesion"]) >= 0.9, scores
 
 
 @pytest.mark.slow
-def test_a_study_past_the_message_limit_streams_in_chunks_and_is_measured(trained):
+def test_a_study_past_the_message_limit_streams_in_chunks_and_is_measured(vision):
     phantom = make_phantom(9103, (256, 256, 128), (1.5, 1.5, 2.5), lesion_radius_mm=14)
     data = nifti_of(phantom)
     assert len(data) > 4 * MiB
-    reply = segment(trained, data, study_id="big-study")
+    reply = segment(vision, data, study_id="big-study")
     assert reply.study_ids == {"big-study"}
     # Progress in order: bytes arriving, then preparing, windows going through, measuring.
     stages = [p.stage for p in reply.progress]
@@ -127,15 +113,15 @@ def test_a_study_past_the_message_limit_streams_in_chunks_and_is_measured(traine
         truth = truth_ml(phantom, label)
         assert measured[name].volume_ml == pytest.approx(truth, rel=0.05), (name, measured[name].volume_ml, truth)
     assert list(reply.result.geometry.shape) == [256, 256, 128]
-    assert reply.result.model.name == "abdomen-phantom" and "synthetic" in reply.result.model.provenance
+    assert reply.result.model.name == MODEL and "synthetic" in reply.result.model.provenance
 
 
 @pytest.mark.slow
-def test_a_dicom_series_and_a_nifti_of_the_same_volume_measure_the_same(trained):
+def test_a_dicom_series_and_a_nifti_of_the_same_volume_measure_the_same(vision):
     series = dicom_zip_bytes(make_phantom(9104, (96, 96, 96), (2.0, 2.0, 2.0)).volume)
     volume = read_dicom_zip(series, VolumeLimits())   # the int16 voxels the series carries, as a NIfTI too
-    from_dicom = segment(trained, series, format=DICOM)
-    from_nifti = segment(trained, nifti_bytes(volume.voxels, volume.affine))
+    from_dicom = segment(vision, series, format=DICOM)
+    from_nifti = segment(vision, nifti_bytes(volume.voxels, volume.affine))
     assert from_dicom.result.geometry == from_nifti.result.geometry
     assert from_dicom.result.geometry.orientation == "LPS"
     counts = {s.name: s.voxel_count for s in from_dicom.result.structures}
@@ -145,12 +131,12 @@ def test_a_dicom_series_and_a_nifti_of_the_same_volume_measure_the_same(trained)
 
 
 @pytest.mark.slow
-def test_four_studies_at_once_are_all_right_and_share_batches(trained, trained_service):
+def test_four_studies_at_once_are_all_right_and_share_batches(vision, vision_service):
     phantoms = [make_phantom(9110 + i, (96, 96, 96), (2.0, 2.0, 2.0)) for i in range(4)]
     replies: list = [None] * 4
 
     def run(i: int) -> None:
-        replies[i] = segment(trained, nifti_of(phantoms[i]), study_id=f"study-{i}")
+        replies[i] = segment(vision, nifti_of(phantoms[i]), study_id=f"study-{i}")
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
     for thread in threads:
@@ -161,20 +147,20 @@ def test_four_studies_at_once_are_all_right_and_share_batches(trained, trained_s
         assert reply.study_ids == {f"study-{i}"}
         labels = labels_of(reply)
         assert dice(labels == 1, phantom.labels == 1) >= 0.9 and dice(labels == 2, phantom.labels == 2) >= 0.85
-    metrics = trained_service.metrics()
-    batches = metric(metrics, "modalmesh_batch_size_count", model="abdomen-phantom")
-    up_to_one_study = metric(metrics, "modalmesh_batch_size_bucket", model="abdomen-phantom", le="4.0")
+    metrics = vision_service.metrics()
+    batches = metric(metrics, "modalmesh_batch_size_count", model=MODEL)
+    up_to_one_study = metric(metrics, "modalmesh_batch_size_bucket", model=MODEL, le="4.0")
     # A study hands the batcher at most 4 windows at a time: a larger batch holds windows of several studies.
     assert batches - up_to_one_study > 0, (batches, up_to_one_study)
 
 
-# -- the stream, label formats and geometry (random weights) ----------------------------------------------------
+# -- the stream, label formats and geometry ----------------------------------------------------
 
 
-def test_labels_come_back_on_the_study_grid_in_every_format(untrained):
+def test_labels_come_back_on_the_study_grid_in_every_format(vision):
     phantom = make_phantom(9120, (64, 72, 56), (2.5, 2.2, 3.0), orientation="LPS")
     data = nifti_of(phantom)
-    as_nifti = segment(untrained, data, study_id="a")
+    as_nifti = segment(vision, data, study_id="a")
     image = nib.Nifti1Image.from_bytes(gzip.decompress(as_nifti.labels))
     assert image.shape == (64, 72, 56) and image.get_data_dtype() == np.uint8
     assert np.allclose(image.affine, phantom.volume.affine)
@@ -185,19 +171,19 @@ def test_labels_come_back_on_the_study_grid_in_every_format(untrained):
     assert as_nifti.result.label_format == vision_pb2.LABEL_FORMAT_NIFTI_GZ
     assert as_nifti.result.label_bytes == len(as_nifti.labels)
 
-    as_raw = segment(untrained, data, label_format=vision_pb2.LABEL_FORMAT_RAW)
+    as_raw = segment(vision, data, label_format=vision_pb2.LABEL_FORMAT_RAW)
     raw = np.frombuffer(as_raw.labels, np.uint8).reshape(64, 72, 56)
     assert np.array_equal(raw, np.asarray(image.dataobj))
-    as_none = segment(untrained, data, label_format=vision_pb2.LABEL_FORMAT_NONE)
+    as_none = segment(vision, data, label_format=vision_pb2.LABEL_FORMAT_NONE)
     assert as_none.labels == b"" and as_none.result.label_bytes == 0
     assert [s.voxel_count for s in as_none.result.structures] == [s.voxel_count for s in as_raw.result.structures]
     assert dict(as_nifti.result.label_names) == {0: "background", 1: "organ", 2: "lesion"}
-    assert as_nifti.result.model.name == "random-test-model" and as_nifti.result.model.provenance
+    assert as_nifti.result.model.name == MODEL and as_nifti.result.model.provenance
 
 
-def test_measurements_describe_the_labels_returned(untrained):
+def test_measurements_describe_the_labels_returned(vision):
     phantom = make_phantom(9121, (64, 64, 64), (2.0, 2.0, 2.0), orientation="LPS")
-    reply = segment(untrained, nifti_of(phantom), label_format=vision_pb2.LABEL_FORMAT_RAW)
+    reply = segment(vision, nifti_of(phantom), label_format=vision_pb2.LABEL_FORMAT_RAW)
     labels = np.frombuffer(reply.labels, np.uint8).reshape(64, 64, 64)
     affine = phantom.volume.affine
     for structure in reply.result.structures:
@@ -212,10 +198,10 @@ def test_measurements_describe_the_labels_returned(untrained):
             assert not structure.bounding_box.min_index and not structure.centroid_mm
 
 
-def test_raw_voxels_with_their_geometry(untrained):
+def test_raw_voxels_with_their_geometry(vision):
     phantom = make_phantom(9122, (48, 56, 40), (2.0, 2.0, 2.0))
     voxels = phantom.volume.voxels.astype(np.int16)
-    reply = segment(untrained, voxels.tobytes(), format=RAW, raw=vision_pb2.RawVolume(
+    reply = segment(vision, voxels.tobytes(), format=RAW, raw=vision_pb2.RawVolume(
         dtype=common_pb2.DATA_TYPE_INT16, shape=[48, 56, 40], spacing_mm=[2.0, 2.0, 2.0], orientation="LPS",
         origin_mm=[10, 20, 30]), label_format=vision_pb2.LABEL_FORMAT_RAW)
     geometry = reply.result.geometry
@@ -224,10 +210,10 @@ def test_raw_voxels_with_their_geometry(untrained):
     assert len(reply.labels) == 48 * 56 * 40
 
 
-def test_progress_comes_in_order_with_the_study_id(untrained):
+def test_progress_comes_in_order_with_the_study_id(vision):
     phantom = make_phantom(9123, (96, 96, 96), (2.0, 2.0, 2.0))
     data = nifti_of(phantom, compress=False)
-    reply = segment(untrained, data, chunk_bytes=64 * 1024, study_id="study-7")
+    reply = segment(vision, data, chunk_bytes=64 * 1024, study_id="study-7")
     assert reply.study_ids == {"study-7"}
     received = [p.bytes_received for p in reply.progress if p.stage == STAGE.Value("SEGMENTATION_STAGE_RECEIVING")]
     # Progress every MiB, not every 64 KiB chunk.
@@ -239,23 +225,26 @@ def test_progress_comes_in_order_with_the_study_id(untrained):
     assert windows[0].windows_done == 0 and windows[-1].windows_done == windows[-1].windows_total > 1
 
 
-def test_the_network_alone_over_the_open_inference_protocol(random_service):
+def test_the_network_alone_over_the_open_inference_protocol(vision_service):
     from inference import grpc_service_pb2 as oip
     from inference import grpc_service_pb2_grpc as oip_grpc
 
+    spec = json.loads((MODELS_DIR / MODEL / PROVENANCE_FILE).read_text())["spec"]
+    roi, classes = list(spec["roi_size"]), len(spec["labels"])
+
     def infer(windows: np.ndarray):
         return oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(oip.ModelInferRequest(
-            model_name="random-unet", inputs=[oip.ModelInferRequest.InferInputTensor(
+            model_name=MODEL, inputs=[oip.ModelInferRequest.InferInputTensor(
                 name="WINDOW", datatype="FP32", shape=list(windows.shape))],
             raw_input_contents=[windows.tobytes()]), timeout=30)
 
-    windows = np.random.default_rng(0).random((2, 1, 48, 48, 48), dtype=np.float32)
-    with random_service.channel() as channel:
+    windows = np.random.default_rng(0).random((2, 1, *roi), dtype=np.float32)
+    with vision_service.channel() as channel:
         reply = infer(windows)
         with pytest.raises(grpc.RpcError) as caught:
-            infer(windows[:, :, :40])
+            infer(windows[:, :, :roi[0] - 8])
     probabilities = np.frombuffer(reply.raw_output_contents[0], "<f2").reshape(tuple(reply.outputs[0].shape))
-    assert reply.outputs[0].name == "PROBABILITIES" and probabilities.shape == (2, 3, 48, 48, 48)
+    assert reply.outputs[0].name == "PROBABILITIES" and probabilities.shape == (2, classes, *roi)
     assert np.allclose(probabilities.astype(np.float32).sum(1), 1.0, atol=5e-3)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "WINDOW" in [f for f, _ in bad_request_of(caught.value)]
@@ -347,20 +336,20 @@ BAD_CASES = _bad_cases()
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
-def test_bad_input_gets_a_clear_status_with_the_field(untrained, random_service, case):
+def test_bad_input_gets_a_clear_status_with_the_field(vision, vision_service, case):
     requests, code, field = BAD_CASES[case]
     with pytest.raises(grpc.RpcError) as caught:
-        collect_reply(untrained.SegmentVolume(iter(requests), timeout=60))
+        collect_reply(vision.SegmentVolume(iter(requests), timeout=60))
     error = caught.value
     assert error.code().name == code, (case, error.code(), error.details())
     if field:
         fields = [f for f, _ in bad_request_of(error)]
         assert field in fields, (case, fields, error.details())
     assert error.details() and "Traceback" not in error.details()
-    assert random_service.health("modalmesh.v1.VisionService") == "SERVING"
+    assert vision_service.health("modalmesh.v1.VisionService") == "SERVING"
 
 
-def test_a_declared_size_past_the_limit_is_refused_before_any_chunk(untrained):
+def test_a_declared_size_past_the_limit_is_refused_before_any_chunk(vision):
     sent_header, never = threading.Event(), threading.Event()
 
     def requests():
@@ -371,7 +360,7 @@ def test_a_declared_size_past_the_limit_is_refused_before_any_chunk(untrained):
     started = time.monotonic()
     try:
         with pytest.raises(grpc.RpcError) as caught:
-            collect_reply(untrained.SegmentVolume(requests(), timeout=20))
+            collect_reply(vision.SegmentVolume(requests(), timeout=20))
     finally:
         never.set()
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -379,8 +368,8 @@ def test_a_declared_size_past_the_limit_is_refused_before_any_chunk(untrained):
     assert time.monotonic() - started < 10
 
 
-def test_studies_past_the_admission_limits_are_refused_at_once(untrained):
-    """Two studies in work and one waiting (the random service's settings); a fourth is refused."""
+def test_studies_past_the_admission_limits_are_refused_at_once(vision):
+    """Four studies in work and one waiting (the service's settings here); a sixth is refused."""
     data = nifti_of(make_phantom(9131, (32, 32, 32), (2.0, 2.0, 2.0)))
     release = threading.Event()
 
@@ -389,11 +378,11 @@ def test_studies_past_the_admission_limits_are_refused_at_once(untrained):
         release.wait(60)
         yield _chunk(0, data)
 
-    calls = [untrained.SegmentVolume(held(), timeout=60) for _ in range(3)]
+    calls = [vision.SegmentVolume(held(), timeout=60) for _ in range(5)]
     try:
         time.sleep(1.0)
         with pytest.raises(grpc.RpcError) as caught:
-            segment(untrained, data, timeout=20)
+            segment(vision, data, timeout=20)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "MODALMESH_MAX_CONCURRENT_STUDIES" in caught.value.details()
     finally:
@@ -404,16 +393,18 @@ def test_studies_past_the_admission_limits_are_refused_at_once(untrained):
 
 @pytest.fixture(scope="module")
 def long_study():
-    """1.5 mm voxels over 384 mm: the prepared 2 mm grid has a hundred windows, and on the random service each
-    batch of four waits 100 ms for company, so the study takes seconds."""
-    voxels = make_phantom(9132, (256, 256, 200), (1.5, 1.5, 1.5)).volume.voxels.astype(np.int16)
+    """1.5 mm voxels over 384 mm: tens of windows on the model's grid, seconds of work. (header, bytes, windows)"""
+    volume = make_phantom(9132, (256, 256, 200), (1.5, 1.5, 1.5)).volume
     header = vision_pb2.VolumeHeader(format=RAW, raw=vision_pb2.RawVolume(
         dtype=common_pb2.DATA_TYPE_INT16, shape=[256, 256, 200], spacing_mm=[1.5, 1.5, 1.5]))
-    return header, voxels.tobytes()
+    spec = SegmentationSpec.from_json(json.loads((MODELS_DIR / MODEL / PROVENANCE_FILE).read_text())["spec"])
+    prepared = preparation(spec)(as_meta_tensor(volume.voxels, volume.affine))
+    return header, volume.voxels.astype(np.int16).tobytes(), count_windows(prepared.shape[1:], spec.roi_size,
+                                                                           spec.overlap)
 
 
 def windows_run(service) -> float:
-    return metric(service.metrics(), "modalmesh_batch_size_sum", model="random-unet")
+    return metric(service.metrics(), "modalmesh_batch_size_sum", model=MODEL)
 
 
 def assert_windows_stop(service, before: float, total: int) -> None:
@@ -427,25 +418,26 @@ def assert_windows_stop(service, before: float, total: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_cancelled_study_stops_sending_windows(untrained, random_service, long_study):
-    before = windows_run(random_service)
-    call = untrained.SegmentVolume(study_requests(*long_study), timeout=120)
+def test_a_cancelled_study_stops_sending_windows(vision, vision_service, long_study):
+    before = windows_run(vision_service)
+    header, data, windows = long_study
+    call = vision.SegmentVolume(study_requests(header, data), timeout=120)
     total = 0
     for response in call:   # cancelled once its first windows are back
         if response.progress.stage == STAGE.Value("SEGMENTATION_STAGE_SEGMENTING") and response.progress.windows_done:
             total = response.progress.windows_total
             call.cancel()
             break
-    assert total >= 80
-    assert_windows_stop(random_service, before, total)
+    assert total == windows >= 24
+    assert_windows_stop(vision_service, before, total)
 
 
 @pytest.mark.slow
-def test_a_study_past_its_deadline_stops_sending_windows(untrained, random_service, long_study):
-    before = windows_run(random_service)
+def test_a_study_past_its_deadline_stops_sending_windows(vision, vision_service, long_study):
+    before = windows_run(vision_service)
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as caught:
-        collect_reply(untrained.SegmentVolume(study_requests(*long_study), timeout=2.5))
+        collect_reply(vision.SegmentVolume(study_requests(*long_study[:2]), timeout=2.5))
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 5
-    assert_windows_stop(random_service, before, total=100)
+    assert_windows_stop(vision_service, before, total=long_study[2])
