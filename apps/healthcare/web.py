@@ -285,7 +285,7 @@ def _finished(tasks: set):
 
 def _add_error_handlers(app: FastAPI, templates: Jinja2Templates) -> None:
     def error(request: Request, status: int, message: str, violations=()):
-        if wants_json(request) or _is_api(request) or request.method != "GET":
+        if wants_json(request) or _is_api(request) or "text/html" not in request.headers.get("accept", ""):
             body = {"error": message, "status": status}
             if violations:
                 body["violations"] = [{"field": f, "description": d} for f, d in violations]
