@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from apps.healthcare import demo as demo_module
 from modalmesh.v1 import audio_pb2, audio_pb2_grpc, common_pb2, iot_pb2, iot_pb2_grpc
 from services.iot.vitals import PATIENT_VITALS, Episode, simulate_vitals
 from services.vision.phantoms import make_phantom
@@ -256,18 +257,23 @@ def test_a_vitals_episode_shows_on_the_twin(healthcare_stack):
 def test_the_demo_shows_growth_across_three_studies_and_a_finding(healthcare_stack):
     stack = healthcare_stack
     demo = stack.wait_for_demo()
+    notes = [n for p in demo for n in twin(stack, p["patient_id"])["features"]["notes"]["properties"]["items"].values()]
+    assert sorted(n["kind"] for n in notes) == ["text"] * 6 + ["voice"]
+    spoken = next(n for n in notes if n["kind"] == "voice")
+    assert spoken["text"] == demo_module.PATIENTS[0].voice_note and spoken["summary"]
+    wait_for(lambda: all(p["vitals_status"] != "no vitals" for p in stack.http.json("/api/patients")
+                         if p["synthetic"]), timeout=60, interval=0.5)
+
     flagged = [p for p in demo if p["open_findings"]]
     assert len(flagged) == 1, demo
     growing = twin(stack, flagged[0]["patient_id"])
     series = sorted(studies(growing).values(), key=lambda s: s["acquiredMs"])
     lesion = [s["structures"]["lesion"]["volumeMl"] for s in series]
     assert len(series) == 3 and lesion[0] < lesion[1] < lesion[2]
-    wait_for(lambda: all(p["vitals_status"] != "no vitals" for p in stack.http.json("/api/patients")
-                         if p["synthetic"]), timeout=60, interval=0.5)
-    notes = [n for p in demo for n in twin(stack, p["patient_id"])["features"]["notes"]["properties"]["items"].values()]
-    assert {n["kind"] for n in notes} == {"text", "voice"}
+    finding = next(iter(growing["features"]["findings"]["properties"]["items"].values()))
+    assert finding["toMl"] == lesion[2] or finding["toMl"] == lesion[1]
     status, _, page = stack.http.get(f"/patients/{flagged[0]['patient_id']}")
-    assert status == 200 and page.count(b'class="point"') >= 6   # organ and lesion at three studies
+    assert status == 200 and page.count(b'class="point"') == 6   # organ and lesion at three studies
 
 
 def test_the_app_log_holds_no_patient_data(healthcare_stack):
