@@ -3,7 +3,6 @@ notes, and the services' availability."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -92,7 +91,3 @@ class Clinic:
             return True
         except LookupError:
             return False
-
-    async def listed_studies(self) -> dict[str, set[str]]:
-        twins = await asyncio.to_thread(self.patient_list)
-        return {t.twin_id: set(t.reported(patients.IMAGING).get("studies", {})) for t in twins}

@@ -91,22 +91,23 @@ def build(runtime: Runtime) -> Service:
     monitor = VitalsMonitor(iot, twins, clinic.availability, settings.vitals_interval_s, settings.vitals_windows,
                             settings.call_timeout_s)
     web = create_web_app(clinic, users, sessions, settings.http_path_prefix, settings.secure_cookies)
-    tasks = [lambda: serve_web_app(web, settings.http_host, settings.http_port, jobs.close), monitor.run,
-             lambda: tidy(clinic)]
+    tidy(clinic)   # before any upload can start: a study being written is never mistaken for debris
+    tasks = [lambda: serve_web_app(web, settings.http_host, settings.http_port, jobs.close), monitor.run]
     if settings.seed_demo:
         tasks += [lambda: seed_demo(clinic, channels, iot, audio, settings.call_timeout_s),
                   demo.LiveVitals(clinic, iot, settings.demo_vitals_interval_s, settings.call_timeout_s).run]
     return Service(models=[], tasks=tasks)
 
 
-async def tidy(clinic: Clinic) -> None:
-    """Clear what a crash left behind (study files no twin lists, spooled uploads), then stay out of the way."""
-    removed = await asyncio.to_thread(clinic.files.remove_unlisted, await clinic.listed_studies())
-    for upload in clinic.ingestor.spool.glob("*.upload") if clinic.ingestor.spool.is_dir() else ():
+def tidy(clinic: Clinic) -> None:
+    """Clear what a crash left behind: study files no twin lists, and spooled uploads."""
+    listed = {t.twin_id: set(t.reported(patients.IMAGING).get("studies", {})) for t in clinic.patient_list()}
+    removed = clinic.files.remove_unlisted(listed)
+    spool = clinic.ingestor.spool
+    for upload in spool.glob("*.upload") if spool.is_dir() else ():
         upload.unlink(missing_ok=True)
     if removed:
         log.info("unlisted study folders removed", extra={"folders": removed})
-    await asyncio.Event().wait()
 
 
 async def seed_demo(clinic: Clinic, channels: dict, iot, audio, timeout_s: float) -> None:
