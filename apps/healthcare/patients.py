@@ -142,12 +142,14 @@ def growth_findings(ordered: list[tuple[str, dict]], study_id: str, rule: Growth
     for name in rule.structures:
         if name in after and rule.grew(before.get(name, 0.0), after[name]):
             from_ml = before.get(name, 0.0)
-            findings[new_id("F")] = {
+            finding = {
                 "kind": f"{name}-growth", "structure": name, "studyId": study_id, "previousStudyId": previous_id,
                 "fromMl": from_ml, "toMl": after[name],
-                "increase": finite((after[name] - from_ml) / from_ml, 3) if from_ml > 0 else None,
                 "months": finite((current["acquiredMs"] - previous["acquiredMs"]) / MS_PER_MONTH, 2),
                 "rule": rule.describe(), "raisedMs": now_ms(), "status": "open"}
+            if from_ml > 0:   # a structure that appeared has no relative increase
+                finding["increase"] = finite((after[name] - from_ml) / from_ml, 3)
+            findings[new_id("F")] = finding
     return findings
 
 

@@ -34,14 +34,14 @@ class StudyFiles:
 
     def write_bytes(self, patient_id: str, study_id: str, kind: str, data: bytes) -> Path:
         target = self.path(patient_id, study_id, kind)
-        with _atomic(target) as out:
+        with atomic_file(target) as out:
             out.write(data)
         return target
 
     def write_gzipped_copy(self, patient_id: str, study_id: str, kind: str, source: Path) -> Path:
         """``source`` as a .nii.gz: copied as it is when already gzip-compressed, compressed otherwise."""
         target = self.path(patient_id, study_id, kind)
-        with open(source, "rb") as src, _atomic(target) as out:
+        with open(source, "rb") as src, atomic_file(target) as out:
             if src.read(2) == b"\x1f\x8b":
                 src.seek(0)
                 shutil.copyfileobj(src, out, COPY_CHUNK)
@@ -68,7 +68,7 @@ class StudyFiles:
         return removed
 
 
-class _atomic:
+class atomic_file:
     """A file written under ``<name>.part``, fsynced, renamed to ``name``, and its folder fsynced."""
 
     def __init__(self, target: Path):
