@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from apps.healthcare import patients
-from apps.healthcare.monitoring import anomalous_periods, merge_period, vitals_properties
+from apps.healthcare.monitoring import anomalous_periods, merge_period, vitals_properties, worth_recording
 from apps.healthcare.studies import IMAGE, LABELS, StudyFiles, atomic_file
 from apps.twins import TwinStore, open_database
 
@@ -129,3 +129,11 @@ def test_study_files_are_whole_or_absent_and_unlisted_ones_are_cleared(tmp_path)
             files.path(bad, "S-00000001", IMAGE)
     with pytest.raises(LookupError):
         files.path("PT-ABC123", "S-0000000/", LABELS)
+
+
+def test_a_new_reading_alone_is_recorded_every_15_monitored_minutes_an_anomaly_at_once():
+    base = {"anomalies": {}, "anomalyNow": False, "latest": {"spo2": 97}, "latestMs": 0}
+    assert worth_recording({}, base)
+    assert not worth_recording(base, {**base, "latest": {"spo2": 96}, "latestMs": 14 * 60_000})
+    assert worth_recording(base, {**base, "latest": {"spo2": 96}, "latestMs": 15 * 60_000})
+    assert worth_recording(base, {**base, "anomalyNow": True, "latestMs": 60_000})

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 IOT = "iot"
 VITALS_ASSET = "vitalsAsset"   # the twin attribute naming the patient's asset (an opaque id, not the pseudonym)
 LATEST_ROWS_MS = 10 * 60_000   # the latest reading is looked for in the last ten minutes of telemetry
+# A new reading alone is recorded on the twin at most once per this much monitored time; a change of the
+# anomalies at once. The readings themselves are the IoT service's: the twin keeps state, not telemetry.
+LATEST_EVERY_MS = 15 * 60_000
 
 
 class VitalsMonitor:
@@ -62,8 +65,9 @@ class VitalsMonitor:
         for asset_id in present:
             latest = await self._latest(asset_id, last_ms[asset_id])
             twin = monitored[asset_id]
-            properties = vitals_properties(twin.reported(patients.VITALS), latest, *scored.get(asset_id, (None, None)))
-            if properties != twin.reported(patients.VITALS):
+            previous = twin.reported(patients.VITALS)
+            properties = vitals_properties(previous, latest, *scored.get(asset_id, (None, None)))
+            if worth_recording(previous, properties):
                 await asyncio.to_thread(self.twins.modify, twin.twin_id,
                                         {"features": {patients.VITALS: {"properties": properties}}}, kind="vitals")
                 changed += 1
@@ -112,6 +116,15 @@ def vitals_properties(previous: dict, latest: tuple[int, list[float]] | None, an
     elif previous.get("model"):
         properties.update({k: previous[k] for k in ("threshold", "model") if k in previous})
     return properties
+
+
+def worth_recording(previous: dict, properties: dict) -> bool:
+    """A new revision for a change of the anomalies or the model, or a reading 15 monitored minutes newer."""
+    unchanged = {k: v for k, v in properties.items() if k not in ("latest", "latestMs")}
+    if unchanged != {k: v for k, v in previous.items() if k not in ("latest", "latestMs")}:
+        return True
+    return properties.get("latestMs", 0) - previous.get("latestMs", 0) >= LATEST_EVERY_MS \
+        or ("latestMs" in properties and "latestMs" not in previous)
 
 
 def anomalous_periods(windows) -> list[tuple[int, int, float]]:

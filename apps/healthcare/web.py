@@ -223,10 +223,16 @@ def _patient_context(clinic: Clinic, twin, selected: str) -> dict:
     findings = sorted(twin.reported(patients.FINDINGS).get("items", {}).items(),
                       key=lambda f: -f[1].get("raisedMs", 0))
     return {"summary": _summary(clinic, twin), "studies": list(reversed(ordered)), "selected": selected,
-            "viewer": viewer, "volume_chart": charts.line_chart(times, series, points=True, legend=True,
-                                                                title="Structure volumes", unit="mL"),
+            "viewer": viewer, "volume_charts": _volume_charts(times, series),
             "notes": notes, "findings": findings, "anomalies": anomaly_periods(twin),
             "history": clinic.twins.history(twin.twin_id, newest_first=True, limit=HISTORY_ROWS)}
+
+
+def _volume_charts(times: list[int], series: dict[str, list]) -> list[str]:
+    """One plot per structure, each on its own scale: a lesion of a few mL beside an organ of a litre
+    would otherwise look flat."""
+    return [charts.line_chart(times, {name: values}, points=True, title=f"{name} volume", unit="mL",
+                              width=360, height=150) for name, values in series.items()]
 
 
 def _viewer(clinic: Clinic, patient_id: str, study_id: str) -> dict | None:
