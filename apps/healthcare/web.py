@@ -31,7 +31,7 @@ from apps.healthcare.clinic import SYNTHETIC, Clinic
 from apps.healthcare.ingest import IngestError
 from apps.healthcare.jobs import FINISHED
 from apps.healthcare.monitoring import VITALS_ASSET, anomaly_periods
-from apps.healthcare.notes import NoteRefused, NoteServiceDown
+from apps.healthcare.notes import MAX_VOICE_BYTES, NoteRefused, NoteServiceDown
 from apps.healthcare.privacy import error_fields
 from apps.healthcare.studies import IMAGE, LABELS
 from apps.twins import now_ms
@@ -96,7 +96,7 @@ def create_web_app(clinic: Clinic, users: Users, sessions: Sessions, path_prefix
         if not 0 <= index < slices.slice_count(volume, plane):
             raise HTTPException(404, f"the {plane} slices are 0 to {slices.slice_count(volume, plane) - 1}")
         png = await asyncio.to_thread(slices.render_slice, volume, plane, index, overlay=bool(overlay))
-        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        return Response(png, media_type="image/png")   # no-store, as all patient data (auth.py)
 
     @app.get("/patients/{patient_id}/studies/{study_id}/{kind}.nii.gz")
     async def download(patient_id: str, study_id: str, kind: str):
@@ -116,7 +116,7 @@ def create_web_app(clinic: Clinic, users: Users, sessions: Sessions, path_prefix
     @app.post("/patients/{patient_id}/voice-notes")
     async def add_voice_note(request: Request, patient_id: str):
         await asyncio.to_thread(clinic.patient, patient_id)
-        wav = await _limited_body(request, 8 * 2**20)
+        wav = await _limited_body(request, MAX_VOICE_BYTES)
         note = await clinic.notes.add_voice(patient_id, wav)
         return JSONResponse(note, status_code=201)
 
