@@ -115,8 +115,8 @@ class Anatomy:
             organ=organ, organ_wobble=Wobble.draw(rng, 70, 0.35),
             lesion_centre=lesion_centre, lesion_wobble=Wobble.draw(rng, 25, 0.08),
             lesion_radius_mm=float(rng.uniform(*LESION_RADIUS_MM)),
-            # Mostly hypodense, sometimes hyperdense, always a modest contrast.
-            lesion_hu=ORGAN_HU + rng.choice([-1, -1, -1, 1]) * rng.uniform(30, 45),
+            # Hypodense or hyperdense, half each, always a modest contrast.
+            lesion_hu=ORGAN_HU + rng.choice([-1, 1]) * rng.uniform(30, 45),
             spleen=Ellipsoid(np.array([-52.0, -18.0, 25.0]) + jitter(4), np.array([20.0, 26.0, 35.0])
                              * rng.uniform(0.85, 1.15, 3), rng.uniform(-0.4, 0.4)),
             kidneys=(Ellipsoid(np.array([-42.0, -36.0, -35.0]) + jitter(4), np.array([16.0, 13.0, 38.0])),

@@ -16,6 +16,11 @@ from monai.networks.nets import UNet
 from monai.transforms import Compose, Orientation, ScaleIntensityRange, Spacing
 
 
+# Axis codes name the positive direction of each axis (nibabel's and MONAI's RAS+ convention); said explicitly,
+# as MONAI deprecates the implicit default.
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
 @dataclass(frozen=True)
 class SegmentationSpec:
     # Label value → structure name; 0 is background.
@@ -32,6 +37,9 @@ class SegmentationSpec:
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 1
+    # Batch norm (as MONAI's spleen_ct_segmentation): at inference it uses the running statistics of training,
+    # so a window of mostly air is normalised like any other; instance norm would renormalise every window.
+    norm: str = "batch"
 
     @property
     def classes(self) -> int:
@@ -53,14 +61,14 @@ class SegmentationSpec:
 
 def build_network(spec: SegmentationSpec) -> torch.nn.Module:
     return UNet(spatial_dims=3, in_channels=1, out_channels=spec.classes, channels=spec.channels,
-                strides=spec.strides, num_res_units=spec.num_res_units)
+                strides=spec.strides, num_res_units=spec.num_res_units, norm=spec.norm)
 
 
 def preparation(spec: SegmentationSpec) -> Compose:
     """Channel-first MetaTensor [1, i, j, k] with its affine → the network's grid and intensity scale."""
     low, high = spec.intensity_range
     return Compose([
-        Orientation(axcodes=spec.axcodes),
+        Orientation(axcodes=spec.axcodes, labels=RAS_LABELS),
         Spacing(pixdim=spec.spacing_mm, mode="bilinear"),
         ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
     ])
