@@ -13,11 +13,11 @@ COLOURS = ("#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df")
 
 def line_chart(times_ms: Sequence[int], series: dict[str, Sequence[float | None]], *,
                band: tuple[Sequence[float | None], Sequence[float | None]] | None = None,
-               spans: Sequence[tuple[int, int]] = (), points: bool = False, legend: bool = False,
+               spans: Sequence[tuple[int, int]] = (), dots: bool = False,
                title: str = "", unit: str = "", width: int = 560, height: int = 160) -> Markup:
     """Lines over time; ``band`` (lower, upper) is shaded behind them, e.g. an uncertainty interval;
-    ``spans`` (start, end) times are marked across the whole height, e.g. anomalous periods; ``points``
-    draws a dot at each value (for few, irregular samples such as studies); ``legend`` names the lines."""
+    ``spans`` (start, end) times are marked across the whole height, e.g. anomalous periods; ``dots``
+    draws a dot at each value (for few, irregular samples such as studies)."""
     points = [v for values in [*series.values(), *(band or ())] for v in values if _finite(v)]
     if not times_ms or not points:
         return Markup(f'<p class="empty">{escape(title)}: no data yet</p>')
@@ -58,13 +58,10 @@ def line_chart(times_ms: Sequence[int], series: dict[str, Sequence[float | None]
         line = " ".join(xy(t, v) for t, v in zip(times_ms, values) if _finite(v))
         parts.append(f'<polyline class="line" fill="none" stroke="{COLOURS[i % len(COLOURS)]}" '
                      f'points="{line}"><title>{escape(name)}</title></polyline>')
-        if points:
+        if dots:
             parts += ['<circle class="point" cx="{:.1f}" cy="{:.1f}" r="3" '.format(*at(t, v))
                       + f'fill="{COLOURS[i % len(COLOURS)]}"><title>{escape(name)} {_number(v)}</title></circle>'
                       for t, v in zip(times_ms, values) if _finite(v)]
-        if legend:
-            parts.append(f'<text x="{width - pad_right - 4}" y="{pad_top + 10 + 11 * i}" class="legend" '
-                         f'text-anchor="end" fill="{COLOURS[i % len(COLOURS)]}">{escape(name)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 

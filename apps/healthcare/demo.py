@@ -50,19 +50,19 @@ class DemoPatient:
 
 
 PATIENTS = (
-    DemoPatient("female", 1961, 11, (9.0, 12.0, 15.0), Episode("tachycardia", 200, 70), 1,
+    DemoPatient("female", 1961, 11, (10.0, 14.0, 18.0), Episode("tachycardia", 200, 70), 1,
                 ("Follow-up of a hypodense liver lesion found on staging CT. Patient reports mild right upper "
                  "quadrant discomfort after meals. No weight loss. Appetite normal. Plan: repeat imaging in three "
                  "months and review at the multidisciplinary meeting.",
                  "Episode of palpitations overnight, resolved without treatment. Heart rate settled by morning. "
                  "Electrolytes within normal limits. Continue observation."),
                 "patient feels well today and the pain is better"),
-    DemoPatient("male", 1954, 23, (12.0, 12.0, 12.0), Episode("desaturation", 150, 60), 2,
+    DemoPatient("male", 1954, 23, (16.0, 16.0, 16.0), Episode("desaturation", 150, 60), 2,
                 ("Stable appearance of the known liver lesion on surveillance imaging. Patient is asymptomatic. "
                  "Continue six-monthly surveillance.",
                  "Brief desaturation during sleep, recovered with repositioning. Oxygen not required. Consider "
                  "a sleep study referral.")),
-    DemoPatient("female", 1978, 37, (16.0, 13.0, 10.0), Episode("fever", 120, 120), 3,
+    DemoPatient("female", 1978, 37, (19.0, 15.0, 11.0), Episode("fever", 120, 120), 3,
                 ("Third cycle of systemic therapy completed. Tolerating treatment well apart from fatigue. "
                  "Lesion responding on imaging.",
                  "Low grade fever in the evening, cultures sent. Paracetamol given. Review results tomorrow.")),

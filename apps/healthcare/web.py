@@ -231,7 +231,7 @@ def _patient_context(clinic: Clinic, twin, selected: str) -> dict:
 def _volume_charts(times: list[int], series: dict[str, list]) -> list[str]:
     """One plot per structure, each on its own scale: a lesion of a few mL beside an organ of a litre
     would otherwise look flat."""
-    return [charts.line_chart(times, {name: values}, points=True, title=f"{name} volume", unit="mL",
+    return [charts.line_chart(times, {name: values}, dots=True, title=f"{name} volume", unit="mL",
                               width=360, height=150) for name, values in series.items()]
 
 
