@@ -134,25 +134,37 @@ class Stack:
         return status, json.loads(body)
 
 
+_SHARED: dict[str, Stack] = {}
+
+
 @pytest.fixture(scope="session")
-def healthcare_stack(pki, tmp_path_factory):
-    """Vision (the trained segmentation model), IoT (the vitals anomaly model), text and audio services,
-    and the app seeding the demo: each a real process over mutual TLS, shared by the healthcare tests."""
-    tmp = tmp_path_factory.mktemp("healthcare")
+def healthcare_stack(pki, tmp_path_factory, request) -> Stack:
+    """Vision (the packaged segmentation model), IoT (the vitals anomaly model), text and audio services,
+    and the app seeding the demo: each a real process over mutual TLS. Started once per session for every
+    healthcare test module (each imports this fixture, so the stack is kept here) and stopped at its end."""
+    if "stack" not in _SHARED:
+        _SHARED["stack"] = _start_stack(pki, tmp_path_factory.mktemp("healthcare"), request.config)
+    return _SHARED["stack"]
+
+
+def _start_stack(pki, tmp: Path, config) -> Stack:
     started = []
-    try:
-        services = {}
-        for name, settings in (("vision", {}), ("iot", IOT_SETTINGS | {"data_dir": tmp / "iot"}), ("text", {}),
-                               ("audio", {})):
-            services[name] = start_service(f"services.{name}", pki, tmp, name, **settings)
-            started.append(services[name])
-        app, http = start_app(pki, tmp, services, seed_demo="true", vitals_interval_s=1,
-                              demo_vitals_interval_s=1, max_study_bytes=MAX_STUDY_BYTES)
-        started.append(app)
-        yield Stack(tmp, services, app, http)
-    finally:
+
+    def stop():
         for process in reversed(started):
             process.stop(20)
+        _SHARED.clear()
+
+    config.add_cleanup(stop)
+    services = {}
+    for name, settings in (("vision", {}), ("iot", IOT_SETTINGS | {"data_dir": tmp / "iot"}), ("text", {}),
+                           ("audio", {})):
+        services[name] = start_service(f"services.{name}", pki, tmp, name, **settings)
+        started.append(services[name])
+    app, http = start_app(pki, tmp, services, seed_demo="true", vitals_interval_s=1, demo_vitals_interval_s=1,
+                          max_study_bytes=MAX_STUDY_BYTES)
+    started.append(app)
+    return Stack(tmp, services, app, http)
 
 
 IOT_SETTINGS = {"anomaly_model": "", "remaining_life_model": ""}   # the pumps' models: not needed here
