@@ -37,6 +37,18 @@ def twins(tmp_path) -> TwinStore:
     return store
 
 
+@pytest.mark.slow
+def test_the_twin_rules_on_postgresql(postgres_url):
+    """The same statements on PostgreSQL: one revision per study, the finding in the same one."""
+    store = TwinStore(open_database(postgres_url))
+    store.create_schema()
+    store.create("PT-ABC123", patients.DEFINITION, patients.attributes("male", 1950))
+    ingest(store, "S-00000001", 0, 2.0)
+    grown = ingest(store, "S-00000002", 3, 3.0)
+    assert grown.revision == 3 and len(findings(grown)) == 1
+    assert store.state_at("PT-ABC123", revision=3).features == grown.features
+
+
 def ingest(twins: TwinStore, study_id: str, month: float, lesion_ml: float, organ_ml: float = 1000.0):
     twin = twins.get("PT-ABC123")
     study = patients.study_record(int(month * MONTH), result(organ_ml, lesion_ml), "nifti")
