@@ -249,12 +249,13 @@ def _viewer(clinic: Clinic, patient_id: str, study_id: str) -> dict | None:
 
 async def _vitals_charts(clinic: Clinic, twin) -> tuple[list[str], str | None]:
     asset_id = twin.attributes.get(VITALS_ASSET)
-    end = twin.reported(patients.VITALS).get("latestMs")
-    if not asset_id or not end:
+    latest = twin.reported(patients.VITALS).get("latestMs")
+    if not asset_id or not latest:
         return [], None
     try:
         reply = await clinic.iot.QueryTelemetry(iot_pb2.QueryTelemetryRequest(
-            asset_id=asset_id, start_ms=end - VITALS_HOURS * 3600_000, end_ms=end, max_points=VITALS_POINTS),
+            # to the newest row (end 0): the twin's reading is refreshed only every 15 monitored minutes
+            asset_id=asset_id, start_ms=max(0, latest - VITALS_HOURS * 3600_000), end_ms=0, max_points=VITALS_POINTS),
             timeout=clinic.call_timeout_s)
     except grpc.aio.AioRpcError as error:
         return [], f"vitals unavailable ({error.code().name})"
