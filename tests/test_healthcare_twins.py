@@ -144,8 +144,12 @@ def test_study_files_are_whole_or_absent_and_unlisted_ones_are_cleared(tmp_path)
 
 
 def test_a_new_reading_alone_is_recorded_every_15_monitored_minutes_an_anomaly_at_once():
-    base = {"anomalies": {}, "anomalyNow": False, "latest": {"spo2": 97}, "latestMs": 0}
+    period = {"startMs": 0, "endMs": 1_800_000, "score": 2.0, "topSensors": ["spo2"]}
+    base = {"anomalies": {"0": period}, "anomalyNow": False, "latest": {"spo2": 97}, "latestMs": 0}
     assert worth_recording({}, base)
     assert not worth_recording(base, {**base, "latest": {"spo2": 96}, "latestMs": 14 * 60_000})
     assert worth_recording(base, {**base, "latest": {"spo2": 96}, "latestMs": 15 * 60_000})
     assert worth_recording(base, {**base, "anomalyNow": True, "latestMs": 60_000})
+    longer = {"0": {**period, "endMs": 1_860_000}}
+    assert not worth_recording(base, {**base, "anomalies": longer, "latestMs": 60_000})   # the windows slid
+    assert worth_recording(base, {**base, "anomalies": {**longer, "9": period}, "latestMs": 60_000})

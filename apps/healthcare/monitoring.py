@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 IOT = "iot"
 VITALS_ASSET = "vitalsAsset"   # the twin attribute naming the patient's asset (an opaque id, not the pseudonym)
 LATEST_ROWS_MS = 10 * 60_000   # the latest reading is looked for in the last ten minutes of telemetry
-# A new reading alone is recorded on the twin at most once per this much monitored time; a change of the
-# anomalies at once. The readings themselves are the IoT service's: the twin keeps state, not telemetry.
+# A new reading alone is recorded on the twin at most once per this much monitored time; a new anomalous
+# period at once. The readings themselves are the IoT service's: the twin keeps state, not telemetry.
 LATEST_EVERY_MS = 15 * 60_000
 
 
@@ -119,12 +119,15 @@ def vitals_properties(previous: dict, latest: tuple[int, list[float]] | None, an
 
 
 def worth_recording(previous: dict, properties: dict) -> bool:
-    """A new revision for a change of the anomalies or the model, or a reading 15 monitored minutes newer."""
-    unchanged = {k: v for k, v in properties.items() if k not in ("latest", "latestMs")}
-    if unchanged != {k: v for k, v in previous.items() if k not in ("latest", "latestMs")}:
+    """A new revision when an anomalous period begins or the patient enters or leaves one (or the model
+    changes); the rest (a new reading, a period's end moving as the windows slide) every 15 monitored
+    minutes, so the history says what happened without a revision per row."""
+    def outline(vitals: dict) -> tuple:
+        return (sorted(vitals.get("anomalies", {})), vitals.get("anomalyNow"), vitals.get("model"),
+                vitals.get("threshold"))
+    if outline(properties) != outline(previous) or "latestMs" not in previous:
         return True
-    return properties.get("latestMs", 0) - previous.get("latestMs", 0) >= LATEST_EVERY_MS \
-        or ("latestMs" in properties and "latestMs" not in previous)
+    return properties != previous and properties.get("latestMs", 0) - previous["latestMs"] >= LATEST_EVERY_MS
 
 
 def anomalous_periods(windows) -> list[tuple[int, int, float]]:
