@@ -1,6 +1,7 @@
-"""End to end in a real browser (Debian Chromium): sign in, open a patient, upload a study (a NIfTI file the
-test writes from a phantom), watch the upload and the segmentation progress advance, then see the viewer
-on the new study with the label overlay in its colours and the volume plot with one more study."""
+"""End to end in a real browser (Debian Chromium): sign in, open a patient, upload a broken study and read
+why it was refused, then upload a study (a NIfTI file the test writes from a phantom), watch the upload and
+the segmentation progress advance, then see the viewer on the new study with the label overlay in its
+colours and the volume plots with one more study."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def test_sign_in_upload_a_study_and_see_the_overlay_and_the_plot(healthcare_stac
     assert stack.upload(patient, first, acquired="2026-01-15")[0] == 201
     study_file = tmp_path / "follow-up.nii.gz"
     study_file.write_bytes(phantom_study(17, 13.0)[0])
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(study_file.read_bytes()[:20_000])   # truncated
     password = (stack.tmp / "app-data" / "initial-password").read_text().strip()
 
     with playwright.sync_playwright() as p:
@@ -44,6 +47,13 @@ def test_sign_in_upload_a_study_and_see_the_overlay_and_the_plot(healthcare_stac
         page.wait_for_url(lambda url: urlsplit(url).path == f"/healthcare/patients/{patient}")
         points_before = page.locator("#volume-chart circle.point").count()
         assert points_before == 2   # organ and lesion of the first study
+
+        # A broken study: the service's field violation is on the page, and the form can be used again.
+        page.set_input_files("#study-file", str(broken))
+        page.click("#upload-button")
+        page.wait_for_selector("#upload-error:not([hidden])", timeout=60_000)
+        assert "chunk.data" in page.inner_text("#upload-error")
+        assert page.is_enabled("#upload-button")
 
         seen: list[tuple[str, str]] = []
         page.expose_function("recordProgress", lambda element, text: seen.append((element, text)))
