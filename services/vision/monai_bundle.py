@@ -22,7 +22,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, Orientation, ScaleIntensityRange, Spacing
 
-from services.vision.volume_model import SegmentationSpec
+from services.vision.volume_model import RAS_LABELS, SegmentationSpec
 
 INFERENCE_CONFIGS = ("inference.json", "inference.yaml", "inference.yml")
 WEIGHTS = Path("models") / "model.pt"
@@ -105,7 +105,7 @@ def _preprocessing(parser: ConfigParser) -> dict:
 def _preparation(steps: dict) -> Compose:
     transforms = []
     if steps.get("axcodes"):
-        transforms.append(Orientation(axcodes=steps["axcodes"]))
+        transforms.append(Orientation(axcodes=steps["axcodes"], labels=RAS_LABELS))
     if steps.get("pixdim") is not None:
         transforms.append(Spacing(pixdim=steps["pixdim"], mode=steps.get("mode", "bilinear")))
     if "a_min" in steps:
