@@ -244,8 +244,8 @@ def save(network, spec: SegmentationSpec, out: Path, training: dict, heldout: di
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=MODELS_DIR / ABDOMEN_PHANTOM)
-    p.add_argument("--studies", type=int, default=48, help="training studies")
-    p.add_argument("--steps", type=int, default=1800)
+    p.add_argument("--studies", type=int, default=64, help="training studies")
+    p.add_argument("--steps", type=int, default=3200)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--crop", type=int, default=48, help="side of the training crops (inference uses the spec's roi)")
     p.add_argument("--lr", type=float, default=3e-3)
