@@ -115,8 +115,10 @@ class StudyUpload:
 
 
 def decode_study(header: vision_pb2.VolumeHeader, data: bytes | bytearray, limits: VolumeLimits) -> Volume:
-    """The study as a Volume, by the header's format (InvalidArgument from volumes.py when it is bad)."""
-    data = bytes(data) if not isinstance(data, bytes) else data
+    """The study as a Volume, by the header's format (InvalidArgument from volumes.py when it is bad).
+
+    The readers take the upload's own buffer: a copy into bytes would double the peak memory of a large study.
+    """
     if header.format == vision_pb2.VOLUME_FORMAT_NIFTI:
         return read_nifti(data, limits)
     if header.format == vision_pb2.VOLUME_FORMAT_DICOM_ZIP:
