@@ -83,7 +83,8 @@ def test_a_bundle_by_hugging_face_id_loads_from_the_local_cache(pki, tmp_path, b
     hf_home = tmp_path / "hf"
     install_in_hub_cache(bundle, hf_home, "MONAI/spleen_ct_segmentation")
     service = start_service("services.vision", pki, tmp_path, "vision",
-                            segmentation_model="MONAI/spleen_ct_segmentation", environment={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+                            segmentation_model="MONAI/spleen_ct_segmentation",
+                            environment={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
     try:
         phantom = make_phantom(9141, (48, 48, 48), (2.0, 2.0, 2.0))
         with service.channel() as channel:
