@@ -4,7 +4,7 @@ The trained model is small and committed (services/vision/models/abdomen-phantom
 provenance.json); this script reproduces it on the CPU with fixed seeds:
 
     nice .venv/bin/python scripts/train_segmentation_model.py                  # writes the packaged model
-    .venv/bin/python scripts/train_segmentation_model.py --quick --out /tmp/abdomen   # smoke run, ~1 minute
+    .venv/bin/python scripts/train_segmentation_model.py --quick --out /tmp/abdomen   # smoke run, ~25 s
 
 Data: services/vision/phantoms.py draws abdominal CT studies (body, fat, bowel, kidneys, a spleen of nearly
 the organ's intensity, aorta, spine) with an organ (label 1) and a lesion inside it (label 2). Training
@@ -81,7 +81,8 @@ def prepared_study(phantom: Phantom, spec: SegmentationSpec) -> tuple[torch.Tens
 
 def labels_on_grid(spec: SegmentationSpec, phantom: Phantom):
     """The labels on the prepared grid: the preparation's reorientation and resampling, nearest neighbour."""
-    grid = Compose([Orientation(axcodes=spec.axcodes, labels=RAS_LABELS), Spacing(pixdim=spec.spacing_mm, mode="nearest")])
+    grid = Compose([Orientation(axcodes=spec.axcodes, labels=RAS_LABELS),
+                    Spacing(pixdim=spec.spacing_mm, mode="nearest")])
     return grid(as_meta_tensor(phantom.labels, phantom.volume.affine))
 
 

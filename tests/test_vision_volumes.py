@@ -21,7 +21,8 @@ RAS = np.array([[1.5, 0, 0, -40.0], [0, 1.2, 0, 12.5], [0, 0, 2.5, -60.0], [0, 0
 LPS = np.array([[-0.8, 0, 0, 100.0], [0, -0.8, 0, 90.0], [0, 0, 3.0, -200.0], [0, 0, 0, 1]])
 # An oblique scan: rows and columns tilted 20 degrees about the patient's z axis.
 _c, _s = np.cos(0.35), np.sin(0.35)
-OBLIQUE = np.array([[-_c, _s, 0, 10.0], [-_s, -_c, 0, -5.0], [0, 0, 2.0, 30.0], [0, 0, 0, 1]]) @ np.diag([1.1, 0.9, 1, 1])
+OBLIQUE = np.array([[-_c, _s, 0, 10.0], [-_s, -_c, 0, -5.0], [0, 0, 2.0, 30.0], [0, 0, 0, 1]]) \
+    @ np.diag([1.1, 0.9, 1, 1])
 
 
 def hounsfield(shape=(24, 20, 12), seed=0) -> np.ndarray:
