@@ -147,13 +147,21 @@ def test_declared_size_beyond_the_limit_is_refused_from_the_header_without_alloc
     refused(lambda: read_nifti(b"\0" * 4096, VolumeLimits(max_bytes=1024)), "chunk.data", "over the limit")
 
 
-def test_gzip_bomb_is_refused_before_it_is_inflated():
-    bomb = gzip.compress(nifti_header_bytes((512, 512, 512), np.uint8, (1, 1, 1)) + b"\0" * 512**3)
-    assert len(bomb) < 2**20
+def test_gzip_bombs_are_refused_before_they_are_inflated():
     limits = VolumeLimits(max_bytes=8 * 2**20)
+    declared = gzip.compress(nifti_header_bytes((256, 256, 256), np.uint8, (1, 1, 1)) + b"\0" * 256**3)
+    padded = gzip.compress(nifti_bytes(hounsfield(), RAS, compress=False) + b"\0" * 64 * 2**20)
+    assert len(declared) < 2**20 and len(padded) < 2**20
     start = time.perf_counter()
-    refused(lambda: read_nifti(bomb, limits), "chunk.data", "decompresses to more than the limit")
-    assert time.perf_counter() - start < 1.0
+    refused(lambda: read_nifti(declared, limits), "chunk.data", "the image its header declares is 16777568 bytes")
+    assert time.perf_counter() - start < 0.1   # the header alone was inflated
+    refused(lambda: read_nifti(padded, limits), "chunk.data", "decompresses to more than the limit")
+
+
+def test_voxels_cannot_start_inside_the_header():
+    data = bytearray(nifti_bytes(hounsfield(), RAS, compress=False))
+    data[108:112] = np.float32(100).tobytes()   # vox_offset
+    refused(lambda: read_nifti(bytes(data), LIMITS), "chunk.data", "inside the header")
 
 
 # --- bare voxels ---------------------------------------------------------------------------------------------

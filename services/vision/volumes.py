@@ -39,6 +39,8 @@ SLICE_GAP_TOLERANCE = 0.01
 # Two slices share an orientation when their direction cosines differ by less than this.
 ORIENTATION_TOLERANCE = 1e-4
 MAX_ZIP_MEMBERS = 65536
+NIFTI2_HEADER_BYTES = 540
+INFLATE_CHUNK = 2**20
 RAW_DTYPES = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32", "float32", "float64"))
 # Direction in RAS+ of each axis code letter.
 AXIS_DIRECTIONS = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
@@ -83,8 +85,10 @@ def read_nifti(data: bytes, limits: VolumeLimits) -> Volume:
     if not data:
         raise InvalidArgument((DATA, "empty: no NIfTI bytes"))
     limits.check_bytes(len(data), "the file")
-    if data.startswith(GZIP_MAGIC):
-        data = gunzip(data, limits)
+    # A .nii.gz is inflated as far as its header first: the size it declares is checked before the rest is.
+    stream = Gunzip(data, limits.max_bytes) if data.startswith(GZIP_MAGIC) else None
+    if stream is not None:
+        data = stream.read(NIFTI2_HEADER_BYTES)
     header = nifti_header(data)
     shape = volume_shape(header.get_data_shape())
     limits.check_shape(shape, DATA)
@@ -93,7 +97,14 @@ def read_nifti(data: bytes, limits: VolumeLimits) -> Volume:
         raise InvalidArgument((DATA, f"NIfTI voxels of type {dtype} are not intensities: a volume needs integer "
                                      "or floating-point voxels"))
     offset = int(header["vox_offset"])
+    if offset < header.sizeof_hdr:
+        raise InvalidArgument((DATA, f"corrupt NIfTI header: the voxels would start at byte {offset}, inside the "
+                                     "header"))
     size = math.prod(shape) * dtype.itemsize
+    limits.check_bytes(offset + size, "the image its header declares")
+    if stream is not None:
+        data += stream.read(offset + size - len(data))
+        stream.finish()
     if len(data) < offset + size:
         raise InvalidArgument((DATA, f"truncated NIfTI: its header declares {' x '.join(map(str, shape))} voxels "
                                      f"of {dtype} ({offset + size} bytes with the header), but the file has "
@@ -104,22 +115,43 @@ def read_nifti(data: bytes, limits: VolumeLimits) -> Volume:
     return checked(voxels, header.get_best_affine(), zooms=header["pixdim"][1:4], field=DATA)
 
 
-def gunzip(data: bytes, limits: VolumeLimits) -> bytes:
-    """Decompress, refusing output beyond limits.max_bytes before it is produced, and bad or short streams."""
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limits.max_bytes + 1)
-    except zlib.error as error:
-        raise InvalidArgument((DATA, f"corrupt gzip stream: {error}")) from None
-    if len(out) > limits.max_bytes:
-        raise InvalidArgument((DATA, f"decompresses to more than the limit of {limits.max_bytes} bytes"))
-    if not inflater.eof:
-        raise InvalidArgument((DATA, "truncated gzip stream: the file ends before the compressed data does"))
-    return out
+class Gunzip:
+    """A gzip stream inflated on demand, never past `limit` bytes of output (decompression bombs)."""
+
+    def __init__(self, data: bytes, limit: int):
+        self._inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self._pending = data
+        self._limit = limit
+        self._produced = 0
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` more bytes; fewer only where the stream ends."""
+        parts = []
+        while size > 0 and not self._inflater.eof:
+            try:
+                chunk = self._inflater.decompress(self._pending, min(size, INFLATE_CHUNK))
+            except zlib.error as error:
+                raise InvalidArgument((DATA, f"corrupt gzip stream: {error}")) from None
+            self._pending = self._inflater.unconsumed_tail
+            if not chunk and not self._pending:
+                break
+            parts.append(chunk)
+            size -= len(chunk)
+            self._produced += len(chunk)
+            if self._produced > self._limit:
+                raise InvalidArgument((DATA, f"decompresses to more than the limit of {self._limit} bytes"))
+        return b"".join(parts)
+
+    def finish(self) -> None:
+        """Inflate and drop whatever follows, so a corrupt or truncated stream is refused (its checksum too)."""
+        while not self._inflater.eof and self.read(INFLATE_CHUNK):
+            pass
+        if not self._inflater.eof:
+            raise InvalidArgument((DATA, "truncated gzip stream: the file ends before the compressed data does"))
 
 
 def nifti_header(data: bytes) -> nib.Nifti1Header:
-    kinds = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
+    kinds = {348: nib.Nifti1Header, NIFTI2_HEADER_BYTES: nib.Nifti2Header}
     size = int.from_bytes(data[:4], "little") if len(data) >= 4 else 0
     size = size if size in kinds else int.from_bytes(data[:4], "big")
     kind = kinds.get(size)
