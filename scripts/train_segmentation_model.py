@@ -68,7 +68,7 @@ HELDOUT_GRIDS = (
 # Lesion radii (mm) by which held-out lesion Dice is reported.
 RADIUS_BINS = ((8, 12), (12, 16), (16, 20))
 # Shares of the crops centred on a lesion voxel, an organ voxel, and anywhere.
-CROP_CENTRES = (0.3, 0.2, 0.5)
+CROP_CENTRES = (0.3, 0.0, 0.7)
 
 
 def prepared_study(phantom: Phantom, spec: SegmentationSpec) -> tuple[torch.Tensor, torch.Tensor]:
