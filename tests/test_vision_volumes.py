@@ -349,3 +349,28 @@ def test_zip_bomb_and_oversized_series_are_refused_before_extracting():
     assert time.perf_counter() - start < 0.5
     _, data = series((10, 8, 4))
     refused(lambda: read_dicom_zip(data, VolumeLimits(max_voxels=10 * 8 * 4 - 1)), "chunk.data", "exceed the limit")
+
+
+@pytest.mark.parametrize("kind", ["nifti", "nifti-gz", "dicom-zip"])
+def test_damaged_files_are_refused_as_invalid_arguments_whatever_the_damage(kind):
+    """A few random bytes changed anywhere (the header most often): only InvalidArgument comes out, never
+    another exception, which the service would answer INTERNAL."""
+    import random
+
+    voxels = np.random.default_rng(0).normal(0, 100, (16, 16, 8)).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    data, read = {
+        "nifti": (nifti_bytes(voxels, affine, compress=False), read_nifti),
+        "nifti-gz": (nifti_bytes(voxels, affine), read_nifti),
+        "dicom-zip": (dicom_zip_bytes(Volume(voxels, affine)), read_dicom_zip),
+    }[kind]
+    rng = random.Random(20261128)
+    for _ in range(300):
+        damaged = bytearray(data)
+        span = 400 if kind == "nifti" else len(damaged)   # a plain file's voxels take any value
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(span)] = rng.randrange(256)
+        try:
+            read(bytes(damaged), VolumeLimits())
+        except InvalidArgument:
+            pass

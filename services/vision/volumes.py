@@ -324,7 +324,7 @@ def zip_members(data: bytes, limits: VolumeLimits) -> list[tuple[str, bytes]]:
         raise InvalidArgument((DATA, "not a ZIP archive: send the DICOM series as one ZIP of its files"))
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as error:
         raise InvalidArgument((DATA, f"corrupt ZIP archive: {error}")) from None
     members = [m for m in archive.infolist() if not m.is_dir() and not ignorable(m.filename)]
     if len(members) > MAX_ZIP_MEMBERS:
@@ -334,7 +334,8 @@ def zip_members(data: bytes, limits: VolumeLimits) -> list[tuple[str, bytes]]:
     for member in members:
         try:
             out.append((member.filename, archive.read(member)))
-        except (zipfile.BadZipFile, zlib.error, OSError, NotImplementedError, RuntimeError) as error:
+        except (zipfile.BadZipFile, zlib.error, OSError, NotImplementedError, RuntimeError, EOFError,
+                ValueError) as error:   # a damaged archive fails in any of these ways
             raise InvalidArgument((DATA, f"{member.filename}: cannot be extracted ({error})")) from None
     return out
 
