@@ -22,6 +22,8 @@ examples:
   modalmesh status                       each workload's address, identity and live health
   modalmesh call text modalmesh.v1.TextService/Embed '{"texts": ["a cat", "a kitten"]}'
   modalmesh pki issue me --out ./certs   a certificate for grpcurl or tritonclient
+  modalmesh segment vision ./series/ --labels labels.nii.gz
+                                         segment a CT (NIfTI, DICOM zip or folder): volumes as JSON
   modalmesh down                         stop what `up --detach` started
   modalmesh mesh render                  regenerate the Kubernetes/Istio/skaffold files after editing
                                          mesh/workloads.yaml or mesh/policy.yaml
@@ -312,6 +314,70 @@ def _call_target(args: argparse.Namespace):
     return None, entry["grpc"], home.certificate(args.as_name)
 
 
+# -- segment ----------------------------------------------------------------------------------------
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Stream a study to VisionService.SegmentVolume: progress on stderr, the result as JSON on stdout."""
+    import grpc
+
+    from modalmesh.call import describe_rpc_error, format_json, message_to_dict
+    from modalmesh.v1 import vision_pb2, vision_pb2_grpc
+    from services.runtime.channels import secure_channel
+    from services.vision.study_stream import study_requests
+
+    home_error, address, cert = _call_target(args)
+    if home_error:
+        return _error(home_error)
+    try:
+        study_format, data = _read_study(Path(args.study))
+    except (OSError, ValueError) as error:
+        return _error(str(error), code=2)
+    header = vision_pb2.VolumeHeader(format=study_format, label_format=(
+        vision_pb2.LABEL_FORMAT_NIFTI_GZ if args.labels else vision_pb2.LABEL_FORMAT_NONE))
+    labels = bytearray()
+    with secure_channel(address, cert.ca, cert.cert, cert.key) as channel:
+        try:
+            for reply in vision_pb2_grpc.VisionServiceStub(channel).SegmentVolume(
+                    study_requests(header, data), timeout=args.timeout):
+                event = reply.WhichOneof("event")
+                if event == "progress":
+                    print(_progress_line(reply.progress), file=sys.stderr, flush=True)
+                elif event == "labels":
+                    labels += reply.labels.data
+                else:
+                    print(format_json(message_to_dict(reply.result)), flush=True)
+        except grpc.RpcError as e:
+            print(describe_rpc_error(e), file=sys.stderr)
+            return 1
+    if args.labels:
+        Path(args.labels).write_bytes(labels)
+        print(f"labels: {args.labels}", file=sys.stderr)
+    return 0
+
+
+def _read_study(path: Path) -> tuple[int, bytes]:
+    """(VolumeFormat, bytes) of a NIfTI file, a ZIP of a DICOM series or a folder of one."""
+    from modalmesh.v1 import vision_pb2
+    from services.vision.volumes import folder_zip_bytes
+
+    if path.is_dir():
+        return vision_pb2.VOLUME_FORMAT_DICOM_ZIP, folder_zip_bytes(path)
+    if path.name.endswith(".zip"):
+        return vision_pb2.VOLUME_FORMAT_DICOM_ZIP, path.read_bytes()
+    if path.name.endswith((".nii", ".nii.gz")):
+        return vision_pb2.VOLUME_FORMAT_NIFTI, path.read_bytes()
+    raise ValueError(f"{path}: give a .nii or .nii.gz file, a .zip of a DICOM series, or a folder of one")
+
+
+def _progress_line(progress) -> str:
+    from modalmesh.v1 import vision_pb2
+
+    stage = vision_pb2.SegmentationStage.Name(progress.stage).removeprefix("SEGMENTATION_STAGE_").lower()
+    if progress.windows_total:
+        return f"{stage}: {progress.windows_done}/{progress.windows_total} windows"
+    return f"{stage}: {progress.bytes_received}/{progress.total_bytes} bytes"
+
+
 # -- mesh render ----------------------------------------------------------------------------------
 
 def cmd_mesh_render(args: argparse.Namespace) -> int:
@@ -417,6 +483,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="no TLS: only from a pod whose Istio sidecar does the mutual TLS (the pod's service "
                            "account is then the identity; docs/deploy.md)")
     call.set_defaults(handler=cmd_call)
+
+    segment = commands.add_parser(
+        "segment", parents=[home], help="segment a 3D study with a running vision workload",
+        description="Stream STUDY (a .nii/.nii.gz file, a .zip of a DICOM series, or a folder of one) to "
+                    "VisionService.SegmentVolume over mutual TLS; print progress on stderr and the measurements "
+                    "as JSON on stdout; with --labels, save the label volume as NIfTI.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  modalmesh segment vision ./series/ --labels labels.nii.gz | jq '.structures'")
+    segment.add_argument("workload", metavar="WORKLOAD", help="the vision workload of the running mesh, or HOST:PORT")
+    segment.add_argument("study", metavar="STUDY", help="a .nii or .nii.gz file, a .zip of a DICOM series, a folder")
+    segment.add_argument("--labels", metavar="FILE", help="write the label volume here (NIfTI, .nii.gz)")
+    segment.add_argument("--timeout", type=float, default=600.0, metavar="S", help="deadline in seconds (default 600)")
+    segment.add_argument("--as", dest="as_name", default="cli", metavar="NAME",
+                         help="the identity to call as (default cli)")
+    segment.set_defaults(handler=cmd_segment)
 
     mesh = commands.add_parser("mesh", help="files derived from mesh/workloads.yaml and mesh/policy.yaml")
     mesh_commands = mesh.add_subparsers(dest="mesh_command", metavar="COMMAND", required=True)

@@ -134,6 +134,31 @@ def test_a_dicom_series_and_a_nifti_of_the_same_volume_measure_the_same(vision):
     assert from_dicom.labels == from_nifti.labels
 
 
+def test_the_command_line_segments_a_dicom_folder_as_the_api_does_its_zip(vision, vision_service, tmp_path):
+    """`modalmesh segment` over a folder of slices (as a scanner exports them) measures what the API measures
+    for the same series zipped, and saves the labels as NIfTI on the study's grid."""
+    import io
+    import subprocess
+    import sys
+    import zipfile
+
+    series = dicom_zip_bytes(make_phantom(9105, (96, 96, 80), (2.0, 2.0, 2.5), orientation="LPS").volume)
+    folder = tmp_path / "series"
+    zipfile.ZipFile(io.BytesIO(series)).extractall(folder)
+    labels = tmp_path / "labels.nii.gz"
+    ran = subprocess.run([sys.executable, "-m", "modalmesh.cli", "segment", f"127.0.0.1:{vision_service.port}",
+                          str(folder), "--labels", str(labels), "--home", str(vision_service.home.root)],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert "segmenting: " in ran.stderr and "windows" in ran.stderr
+    printed = json.loads(ran.stdout)
+    expected = segment(vision, series, format=DICOM).result
+    assert {s["name"]: int(s["voxel_count"]) for s in printed["structures"]} == {
+        s.name: s.voxel_count for s in expected.structures}
+    saved = nib.load(labels)
+    assert saved.shape == (96, 96, 80) and np.allclose(saved.affine, read_dicom_zip(series, VolumeLimits()).affine)
+
+
 @pytest.mark.slow
 def test_four_studies_at_once_are_all_right_and_share_batches(vision, vision_service):
     phantoms = [make_phantom(9110 + i, (96, 96, 96), (2.0, 2.0, 2.0)) for i in range(4)]

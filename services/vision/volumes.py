@@ -17,7 +17,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import nibabel as nib
 import numpy as np
@@ -464,6 +464,19 @@ def slice_pixels(dataset: Dataset) -> np.ndarray:
     slope = float(getattr(dataset, "RescaleSlope", 1) or 1)
     intercept = float(getattr(dataset, "RescaleIntercept", 0) or 0)
     return scaled(pixels, slope, intercept)
+
+
+def folder_zip_bytes(folder: Path) -> bytes:
+    """A folder of DICOM files (a series as scanners and PACS exports leave it) as the ZIP SegmentVolume
+    takes: every file under it, stored uncompressed (pixel data barely compresses; this is transport)."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    if not files:
+        raise ValueError(f"{folder}: no files")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
+        for path in files:
+            archive.write(path, path.relative_to(folder).as_posix())
+    return out.getvalue()
 
 
 def dicom_zip_bytes(volume: Volume, *, series_description: str = "modalmesh synthetic CT",
