@@ -10,6 +10,7 @@ import json
 from collections.abc import Awaitable, Callable
 
 import uvicorn
+from fastapi import HTTPException
 from starlette.requests import Request
 
 
@@ -79,3 +80,18 @@ def number(value, digits: int = 1) -> str:
 
 def pretty(value) -> str:
     return json.dumps(value, indent=1, sort_keys=True)
+
+
+def moment_ms(text: str, field: str, expected: str = "a date and time (YYYY-MM-DDTHH:MM)") -> int:
+    """Milliseconds since the epoch from a form's ISO date or date and time (UTC unless it says), or a number of
+    milliseconds; 400 naming the field otherwise."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise HTTPException(400, f"{field}: {text!r} is not {expected}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp() * 1000)

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from apps.healthcare.clinic import SYNTHETIC, Clinic
 from apps.healthcare.monitoring import VITALS_ASSET
-from apps.healthcare.privacy import error_fields
+from apps.healthcare.privacy import every
 from apps.twins import now_ms
 from modalmesh.v1 import audio_pb2, common_pb2, iot_pb2
 from services.iot.vitals import PATIENT_VITALS, Episode, simulate_vitals
@@ -152,16 +152,7 @@ class LiveVitals:
         self._pending: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as error:
-                log.warning("demo vitals not sent", extra={"code": error.code().name})
-            except Exception as error:
-                log.error("demo vitals failed; retrying", extra=error_fields(error))
-            await asyncio.sleep(self.interval_s)
+        await every(self.interval_s, self.tick, "demo vitals")
 
     async def tick(self) -> None:
         for twin in await asyncio.to_thread(self.clinic.patient_list):

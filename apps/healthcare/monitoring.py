@@ -12,7 +12,7 @@ import grpc
 
 from apps.clients import Availability
 from apps.healthcare import patients
-from apps.healthcare.privacy import error_fields
+from apps.healthcare.privacy import every
 from apps.twins import Twin, TwinStore, finite
 from modalmesh.v1 import iot_pb2, iot_pb2_grpc
 from services.iot.vitals import PATIENT_VITALS
@@ -35,17 +35,8 @@ class VitalsMonitor:
         self.interval_s, self.windows, self.timeout_s = interval_s, windows, timeout_s
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as error:
-                self.availability.failed(IOT, error)
-                log.warning("vitals unavailable", extra={"code": error.code().name})
-            except Exception as error:   # a database hiccup must not stop the vitals for good
-                log.error("vitals pass failed; retrying", extra=error_fields(error))
-            await asyncio.sleep(self.interval_s)
+        await every(self.interval_s, self.run_once, "vitals pass",
+                    unavailable=lambda error: self.availability.failed(IOT, error))
 
     async def run_once(self) -> int:
         """One pass over every monitored patient; returns how many twins changed."""

@@ -35,7 +35,7 @@ from apps.healthcare.notes import MAX_VOICE_BYTES, NoteRefused, NoteServiceDown
 from apps.healthcare.privacy import error_fields
 from apps.healthcare.studies import IMAGE, LABELS
 from apps.twins import now_ms
-from apps.web import PathPrefix, base_path, number, pretty, wants_json, when
+from apps.web import PathPrefix, base_path, moment_ms, number, pretty, wants_json, when
 from modalmesh.v1 import iot_pb2
 from services.iot.vitals import PATIENT_VITALS
 from services.runtime.tensors import decode_tensor
@@ -397,18 +397,7 @@ def _int(text: str | None, name: str) -> int:
 def _acquired_ms(text: str) -> int:
     """When the study was acquired: a date (YYYY-MM-DD, UTC midnight), a date and time, or milliseconds;
     empty: now."""
-    text = text.strip()
-    if not text:
-        return now_ms()
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise HTTPException(400, f"acquired: {text!r} is not a date (YYYY-MM-DD)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return int(moment.timestamp() * 1000)
+    return moment_ms(text, "acquired", "a date (YYYY-MM-DD)") if text.strip() else now_ms()
 
 
 def _day(ms) -> str:

@@ -11,7 +11,6 @@ is relative to the prefix the request came in on.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -26,7 +25,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from apps import charts
-from apps.web import PathPrefix, base_path, local_target, number, pretty, when, wants_json
+from apps.web import PathPrefix, base_path, local_target, moment_ms, number, pretty, when, wants_json
 from apps.manufacturing import assets, pictures
 from apps.manufacturing.fleet import Fleet, ServiceDown, summary
 from apps.manufacturing.workorders import ACTIVE, STATES, InvalidTransition
@@ -245,15 +244,7 @@ def _form_time(form: dict[str, str], name: str) -> int:
     text = (form.get(name) or "").strip()
     if not text:
         raise HTTPException(400, f"{name} is required")
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise HTTPException(400, f"{name}: {text!r} is not a date and time (YYYY-MM-DDTHH:MM)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return int(moment.timestamp() * 1000)
+    return moment_ms(text, name)
 
 
 def _states(state: str) -> tuple[str, ...] | None:
