@@ -8,6 +8,7 @@ each with its own certificate from a local CA and the same mutual TLS and author
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -187,11 +188,13 @@ def cmd_down(args: argparse.Namespace) -> int:
     stop_timeouts = [w.get("stop_timeout_s", 0) for w in (home.read_state() or {}).get("workloads", {}).values()]
     timeout = max(stop_timeouts, default=0) + STOP_MARGIN_S
     deadline = time.monotonic() + timeout
-    while home.supervisor_running() and time.monotonic() < deadline:
+    # The supervisor lets go of the lock a moment before its process ends: wait for both.
+    while (home.supervisor_running() or process_alive(pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if home.supervisor_running():
+    if home.supervisor_running() or process_alive(pid):
         print(f"the supervisor did not stop within {timeout:g}s; killing it", file=sys.stderr)
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):   # it may end on its own meanwhile
+            os.kill(pid, signal.SIGKILL)
     stop_leftovers(home.read_state())
     print("stopped")
     return 0
