@@ -10,7 +10,9 @@ import json
 from collections.abc import Awaitable, Callable
 
 import uvicorn
-from fastapi import HTTPException
+from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 
@@ -95,3 +97,16 @@ def moment_ms(text: str, field: str, expected: str = "a date and time (YYYY-MM-D
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)
     return int(moment.timestamp() * 1000)
+
+
+def answer_request_errors(app: FastAPI, error: Callable[[Request, int, str], object]) -> None:
+    """HTTP errors a route raises, and requests that do not validate, answered by the app's own `error`
+    (its error page, or JSON for scripts)."""
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        return error(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request, exc):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        return error(request, 400, problems or "bad request")

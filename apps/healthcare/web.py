@@ -17,7 +17,6 @@ from urllib.parse import parse_qs
 
 import grpc
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -35,7 +34,8 @@ from apps.healthcare.notes import MAX_VOICE_BYTES, NoteRefused, NoteServiceDown
 from apps.healthcare.privacy import error_fields
 from apps.healthcare.studies import IMAGE, LABELS
 from apps.twins import now_ms
-from apps.web import PathPrefix, base_path, moment_ms, number, pretty, wants_json, when
+from apps.web import (PathPrefix, answer_request_errors, base_path, moment_ms, number, pretty, wants_json,
+                      when)
 from modalmesh.v1 import iot_pb2
 from services.iot.vitals import PATIENT_VITALS
 from services.runtime.tensors import decode_tensor
@@ -302,14 +302,7 @@ def _add_error_handlers(app: FastAPI, templates: Jinja2Templates) -> None:
                                                                   "user": getattr(request.state, "user", None)},
                                           status_code=status)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request, exc):
-        return error(request, exc.status_code, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(request, exc):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
-        return error(request, 400, problems or "bad request")
+    answer_request_errors(app, error)
 
     @app.exception_handler(IngestError)
     async def refused_study(request, exc):

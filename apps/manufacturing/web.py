@@ -18,14 +18,14 @@ from urllib.parse import parse_qs
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from apps import charts
-from apps.web import PathPrefix, base_path, local_target, moment_ms, number, pretty, when, wants_json
+from apps.web import (PathPrefix, answer_request_errors, base_path, local_target, moment_ms, number, pretty,
+                      wants_json, when)
 from apps.manufacturing import assets, pictures
 from apps.manufacturing.fleet import Fleet, ServiceDown, summary
 from apps.manufacturing.workorders import ACTIVE, STATES, InvalidTransition
@@ -196,14 +196,7 @@ def _add_error_handlers(app: FastAPI, templates: Jinja2Templates) -> None:
         return templates.TemplateResponse(request, "error.html", {"base": base_path(request), "status": status,
                                                                   "message": message}, status_code=status)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request, exc):
-        return error(request, exc.status_code, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(request, exc):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
-        return error(request, 400, problems or "bad request")
+    answer_request_errors(app, error)
 
     @app.exception_handler(LookupError)   # an unknown twin, work order, or asset of the IoT service
     async def not_found(request, exc):
