@@ -5,10 +5,11 @@
 #   sox         audio conversions in the audio tests
 #   chromium    the browser the page tests drive (Playwright cannot download one here)
 #   postgresql  the server the stores' PostgreSQL tests start (SQLite is the default everywhere else)
+#   ffmpeg      ffprobe, with which the media tests read back the streams of the studio's videos
 # Run as root, or as a user who may sudo. Does nothing when all are present.
 set -euo pipefail
 declare -A package_of=([mosquitto]=mosquitto [espeak-ng]=espeak-ng [sox]=sox [chromium]=chromium
-                       [initdb]=postgresql)
+                       [initdb]=postgresql [ffprobe]=ffmpeg)
 missing=()
 for command in "${!package_of[@]}"; do
   PATH="$PATH:/usr/sbin:$(printf '%s:' /usr/lib/postgresql/*/bin)" command -v "$command" >/dev/null \

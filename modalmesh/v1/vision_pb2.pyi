@@ -49,6 +49,12 @@ class SegmentationStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEGMENTATION_STAGE_PREPARING: _ClassVar[SegmentationStage]
     SEGMENTATION_STAGE_SEGMENTING: _ClassVar[SegmentationStage]
     SEGMENTATION_STAGE_MEASURING: _ClassVar[SegmentationStage]
+
+class ImageEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMAGE_ENCODING_UNSPECIFIED: _ClassVar[ImageEncoding]
+    IMAGE_ENCODING_PNG: _ClassVar[ImageEncoding]
+    IMAGE_ENCODING_JPEG: _ClassVar[ImageEncoding]
 DEFECT_CLASS_UNSPECIFIED: DefectClass
 DEFECT_CLASS_SCRATCH: DefectClass
 DEFECT_CLASS_SPOT: DefectClass
@@ -73,6 +79,9 @@ SEGMENTATION_STAGE_RECEIVING: SegmentationStage
 SEGMENTATION_STAGE_PREPARING: SegmentationStage
 SEGMENTATION_STAGE_SEGMENTING: SegmentationStage
 SEGMENTATION_STAGE_MEASURING: SegmentationStage
+IMAGE_ENCODING_UNSPECIFIED: ImageEncoding
+IMAGE_ENCODING_PNG: ImageEncoding
+IMAGE_ENCODING_JPEG: ImageEncoding
 
 class Image(_message.Message):
     __slots__ = ("encoded", "pixels")
@@ -276,3 +285,77 @@ class SegmentVolumeResponse(_message.Message):
     labels: LabelChunk
     result: SegmentationResult
     def __init__(self, study_id: _Optional[str] = ..., progress: _Optional[_Union[SegmentationProgress, _Mapping]] = ..., labels: _Optional[_Union[LabelChunk, _Mapping]] = ..., result: _Optional[_Union[SegmentationResult, _Mapping]] = ...) -> None: ...
+
+class GenerateImageRequest(_message.Message):
+    __slots__ = ("prompt", "negative_prompt", "width", "height", "steps", "seed", "guidance_scale", "style", "encoding")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    STYLE_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    seed: int
+    guidance_scale: float
+    style: str
+    encoding: ImageEncoding
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., style: _Optional[str] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ...) -> None: ...
+
+class ImageGenerationProgress(_message.Message):
+    __slots__ = ("stage", "step", "total_steps")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    step: int
+    total_steps: int
+    def __init__(self, stage: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ...) -> None: ...
+
+class PictureSource(_message.Message):
+    __slots__ = ("picture_id", "caption", "similarity", "credit")
+    PICTURE_ID_FIELD_NUMBER: _ClassVar[int]
+    CAPTION_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    picture_id: str
+    caption: str
+    similarity: float
+    credit: str
+    def __init__(self, picture_id: _Optional[str] = ..., caption: _Optional[str] = ..., similarity: _Optional[float] = ..., credit: _Optional[str] = ...) -> None: ...
+
+class GeneratedImage(_message.Message):
+    __slots__ = ("data", "encoding", "width", "height", "seed", "steps", "style", "source", "model")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STYLE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    encoding: ImageEncoding
+    width: int
+    height: int
+    seed: int
+    steps: int
+    style: str
+    source: PictureSource
+    model: _common_pb2.ModelInfo
+    def __init__(self, data: _Optional[bytes] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., style: _Optional[str] = ..., source: _Optional[_Union[PictureSource, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ...) -> None: ...
+
+class GenerateImageResponse(_message.Message):
+    __slots__ = ("progress", "image")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    progress: ImageGenerationProgress
+    image: GeneratedImage
+    def __init__(self, progress: _Optional[_Union[ImageGenerationProgress, _Mapping]] = ..., image: _Optional[_Union[GeneratedImage, _Mapping]] = ...) -> None: ...

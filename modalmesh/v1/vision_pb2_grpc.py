@@ -26,8 +26,8 @@ if _version_not_supported:
 
 
 class VisionServiceStub:
-    """Vision inference: surface inspection of product images and volumetric
-    segmentation of medical studies.
+    """Vision inference: surface inspection of product images, volumetric
+    segmentation of medical studies, and pictures for a scene description.
     """
 
     def __init__(self, channel):
@@ -46,11 +46,16 @@ class VisionServiceStub:
                 request_serializer=modalmesh_dot_v1_dot_vision__pb2.SegmentVolumeRequest.SerializeToString,
                 response_deserializer=modalmesh_dot_v1_dot_vision__pb2.SegmentVolumeResponse.FromString,
                 _registered_method=True)
+        self.GenerateImage = channel.unary_stream(
+                '/modalmesh.v1.VisionService/GenerateImage',
+                request_serializer=modalmesh_dot_v1_dot_vision__pb2.GenerateImageRequest.SerializeToString,
+                response_deserializer=modalmesh_dot_v1_dot_vision__pb2.GenerateImageResponse.FromString,
+                _registered_method=True)
 
 
 class VisionServiceServicer:
-    """Vision inference: surface inspection of product images and volumetric
-    segmentation of medical studies.
+    """Vision inference: surface inspection of product images, volumetric
+    segmentation of medical studies, and pictures for a scene description.
     """
 
     def Inspect(self, request, context):
@@ -73,6 +78,16 @@ class VisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateImage(self, request, context):
+        """Makes a picture for a text prompt: a diffusion model when one is configured,
+        otherwise the best-matching picture of a local library, restyled. Streams
+        progress, then one message with the image. Requests of concurrent callers
+        are batched together on the server; a cancelled call stops its work.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -86,6 +101,11 @@ def add_VisionServiceServicer_to_server(servicer, server):
                     request_deserializer=modalmesh_dot_v1_dot_vision__pb2.SegmentVolumeRequest.FromString,
                     response_serializer=modalmesh_dot_v1_dot_vision__pb2.SegmentVolumeResponse.SerializeToString,
             ),
+            'GenerateImage': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateImage,
+                    request_deserializer=modalmesh_dot_v1_dot_vision__pb2.GenerateImageRequest.FromString,
+                    response_serializer=modalmesh_dot_v1_dot_vision__pb2.GenerateImageResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'modalmesh.v1.VisionService', rpc_method_handlers)
@@ -95,8 +115,8 @@ def add_VisionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class VisionService:
-    """Vision inference: surface inspection of product images and volumetric
-    segmentation of medical studies.
+    """Vision inference: surface inspection of product images, volumetric
+    segmentation of medical studies, and pictures for a scene description.
     """
 
     @staticmethod
@@ -143,6 +163,33 @@ class VisionService:
             '/modalmesh.v1.VisionService/SegmentVolume',
             modalmesh_dot_v1_dot_vision__pb2.SegmentVolumeRequest.SerializeToString,
             modalmesh_dot_v1_dot_vision__pb2.SegmentVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/modalmesh.v1.VisionService/GenerateImage',
+            modalmesh_dot_v1_dot_vision__pb2.GenerateImageRequest.SerializeToString,
+            modalmesh_dot_v1_dot_vision__pb2.GenerateImageResponse.FromString,
             options,
             channel_credentials,
             insecure,
