@@ -82,6 +82,10 @@ FROM runtime AS healthcare
 EXPOSE 50111 9524 8083
 ENTRYPOINT ["python", "-m", "apps.healthcare"]
 
+FROM runtime AS media
+EXPOSE 50121 9534 8084
+ENTRYPOINT ["python", "-m", "apps.media"]
+
 FROM runtime AS mqtt-broker
 EXPOSE 50101 9511 8883
 ENTRYPOINT ["python", "-m", "modalmesh.broker"]
