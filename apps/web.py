@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs
 
 import uvicorn
 from fastapi import FastAPI, HTTPException
@@ -97,6 +98,23 @@ def moment_ms(text: str, field: str, expected: str = "a date and time (YYYY-MM-D
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)
     return int(moment.timestamp() * 1000)
+
+
+async def form_fields(request: Request, max_bytes: int = 64 * 1024) -> dict[str, str]:
+    """An urlencoded form (or none): the last value of each field, blank ones kept (an empty field is an
+    answer the form's validation names). 413 past ``max_bytes``, 400 for anything that is not such a form."""
+    kind = request.headers.get("content-type", "")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise HTTPException(413, f"the form is over the limit of {max_bytes} bytes")
+    if body and not kind.startswith("application/x-www-form-urlencoded"):
+        raise HTTPException(400, "send the form as application/x-www-form-urlencoded")
+    try:
+        return {k: v[-1] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
+    except (UnicodeDecodeError, ValueError):
+        raise HTTPException(400, "the form is not valid urlencoded text") from None
 
 
 def answer_request_errors(app: FastAPI, error: Callable[[Request, int, str], object]) -> None:
