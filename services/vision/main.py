@@ -12,6 +12,7 @@ from services.runtime.registry import ModelRegistry
 from services.runtime.served_model import ServedModel
 from services.runtime.server import Runtime, Service, run_service
 from services.runtime.settings import ServiceSettings
+from services.vision.image_generation import PICTURE_LIBRARY, DiffusionModel, ImageGenerator, PictureLibraryModel
 from services.vision.images import ImageLimits
 from services.vision.inspection import SURFACE_DEFECTS, SurfaceDefectModel
 from services.vision.segmentation import ABDOMEN_PHANTOM, StudyAdmission, StudySegmenter, VolumeSegmentationModel
@@ -42,6 +43,19 @@ class VisionSettings(ServiceSettings):
     segmentation_max_queue_delay_ms: float = Field(5.0, ge=0, description="Longest a group of windows waits for "
                                                    "others to fill its batch")
 
+    image_generation_model: str = Field(PICTURE_LIBRARY, description="'picture-library' (captioned pictures "
+                                        "retrieved by meaning and restyled), a diffusers pipeline by local path or "
+                                        "Hugging Face id in the local cache, or '' for none")
+    picture_folders: str = Field("", description="Comma-separated folders of PNG/JPEG pictures the picture library "
+                                 "adds to its built-in ones, captioned by captions.json, a sidecar .txt or the file name")
+    generation_max_batch_size: int = Field(8, ge=1, description="Image requests per execution of the generation model")
+    generation_max_queue_delay_ms: float = Field(5.0, ge=0, description="Longest an image request waits for others "
+                                                 "to fill its batch")
+    generation_steps: int = Field(0, ge=0, le=100, description="Denoising steps of a diffusion model when a request "
+                                  "leaves them to the model; 0 = the pipeline's default")
+    generation_guidance: float | None = Field(None, ge=0, le=30, description="Guidance scale of a diffusion model "
+                                              "when a request leaves it to the model; unset = the pipeline's default")
+
 
 def model_registry() -> ModelRegistry:
     """The shipped inspection model; any other name is a folder written by the training script."""
@@ -57,6 +71,23 @@ def segmentation_registry() -> ModelRegistry:
     return registry
 
 
+def generation_registry() -> ModelRegistry:
+    """The picture library by name; any other name is a diffusers pipeline by path or Hugging Face id."""
+    def diffusion(source: str, settings: VisionSettings, limits: ImageLimits) -> DiffusionModel:
+        return DiffusionModel(source, device=settings.device, precision=settings.precision,
+                              threads=settings.model_threads, instances=settings.model_instances,
+                              steps=settings.generation_steps, guidance=settings.generation_guidance)
+
+    def picture_library(settings: VisionSettings, limits: ImageLimits) -> PictureLibraryModel:
+        folders = [Path(f.strip()).expanduser() for f in settings.picture_folders.split(",") if f.strip()]
+        return PictureLibraryModel(folders, limits, device=settings.device, threads=settings.model_threads,
+                                   instances=settings.model_instances)
+
+    registry = ModelRegistry(fallback=diffusion)
+    registry.register(PICTURE_LIBRARY, picture_library)
+    return registry
+
+
 def build(runtime: Runtime) -> Service:
     settings: VisionSettings = runtime.settings
     limits = ImageLimits(max_pixels=settings.max_image_pixels, max_side=settings.max_image_side)
@@ -64,12 +95,15 @@ def build(runtime: Runtime) -> Service:
                                     threads=settings.model_threads, instances=settings.model_instances)
     inspector = runtime.serve_model(served_name(settings.inspection_model), model)
     segmenter = build_segmenter(runtime) if settings.segmentation_model else None
+    generator = build_generator(runtime, limits) if settings.image_generation_model else None
     servicer = VisionServicer(inspector, limits, default_threshold=settings.inspection_threshold,
                               segmenter=segmenter,
                               volume_limits=VolumeLimits(max_bytes=settings.max_volume_bytes,
                                                          max_voxels=settings.max_volume_voxels),
-                              admission=StudyAdmission(settings.max_concurrent_studies, settings.max_queued_studies))
-    return Service(models=[inspector] + ([segmenter.served] if segmenter else []), servicers=[
+                              admission=StudyAdmission(settings.max_concurrent_studies, settings.max_queued_studies),
+                              generator=generator)
+    models = [inspector] + ([segmenter.served] if segmenter else []) + ([generator.served] if generator else [])
+    return Service(models=models, servicers=[
         (vision_pb2_grpc.add_VisionServiceServicer_to_server, servicer, "modalmesh.v1.VisionService"),
     ])
 
@@ -86,6 +120,18 @@ def build_segmenter(runtime: Runtime) -> StudySegmenter:
                               instances=settings.model_instances)
     served = ServedModel(served_name(settings.segmentation_model), adapter, batching, runtime.metrics)
     return StudySegmenter(served, adapter)
+
+
+def build_generator(runtime: Runtime, limits: ImageLimits) -> ImageGenerator:
+    """The image generation model with batching of its own: an image costs far more than an inspection."""
+    settings: VisionSettings = runtime.settings
+    adapter = generation_registry().create(settings.image_generation_model, settings=settings, limits=limits)
+    batching = BatchingConfig(max_batch_size=settings.generation_max_batch_size,
+                              max_queue_delay_s=settings.generation_max_queue_delay_ms / 1000,
+                              max_queue_size=settings.max_queue_size, enabled=settings.dynamic_batching,
+                              instances=settings.model_instances)
+    return ImageGenerator(ServedModel(served_name(settings.image_generation_model), adapter, batching,
+                                      runtime.metrics))
 
 
 def served_name(model: str) -> str:

@@ -125,7 +125,7 @@ def _saturate(picture: np.ndarray, factor: float) -> np.ndarray:
 def _outlines(picture: np.ndarray) -> np.ndarray:
     """Where the picture has strong edges, in [0, 1], softened to look drawn rather than computed."""
     grey = cv2.GaussianBlur(cv2.cvtColor(picture, cv2.COLOR_RGB2GRAY), (5, 5), 0)
-    edges = cv2.Canny(grey, 60, 140)
+    edges = cv2.Canny(grey, 80, 180)
     return cv2.GaussianBlur(cv2.dilate(edges, np.ones((2, 2), np.uint8)), (3, 3), 0).astype(np.float32) / 255
 
 

@@ -1,16 +1,23 @@
 """modalmesh.v1.VisionService: Inspect on the batched surface-defect model; SegmentVolume on the batched
-3D segmentation model."""
+3D segmentation model; GenerateImage on the batched image generation model."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import secrets
+import unicodedata
+
+import cv2
+import numpy as np
 
 from modalmesh.v1 import common_pb2, vision_pb2, vision_pb2_grpc
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.served_model import ServedModel
 from services.runtime.tensors import encode_tensor
+from services.vision.image_generation import GeneratedPicture, ImageGenerator, ImageSpec
 from services.vision.images import ImageLimits, encode_png, image_rgb
+from services.vision.picture_styles import STYLES
 from services.vision.inspection import Inspection
 from services.vision.segmentation import SegmentedStudy, StudyAdmission, StudySegmenter
 from services.vision.study_stream import (StudyUpload, check_header, decode_study, encode_labels, label_chunks,
@@ -22,18 +29,24 @@ DEFAULT_THRESHOLD = 0.5
 DEFECT_CLASSES = {name: i for i, name in enumerate(CLASSES) if i}   # the proto's DefectClass numbers
 STAGES = {"segmenting": vision_pb2.SEGMENTATION_STAGE_SEGMENTING,
           "measuring": vision_pb2.SEGMENTATION_STAGE_MEASURING}
+MAX_PROMPT_CHARS = 2000
+GENERATED_SIDES = (64, 2048)   # each side of a generated image, a multiple of 8
+MAX_GENERATION_STEPS = 100
+GUIDANCE_RANGE = (0.0, 30.0)
+JPEG_QUALITY = 90
 
 
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     def __init__(self, inspector: ServedModel, limits: ImageLimits, default_threshold: float = DEFAULT_THRESHOLD,
                  segmenter: StudySegmenter | None = None, volume_limits: VolumeLimits = VolumeLimits(),
-                 admission: StudyAdmission | None = None):
+                 admission: StudyAdmission | None = None, generator: ImageGenerator | None = None):
         self.inspector = inspector
         self.limits = limits
         self.default_threshold = default_threshold
         self.segmenter = segmenter
         self.volume_limits = volume_limits
         self.admission = admission or StudyAdmission(active=4, waiting=16)
+        self.generator = generator
 
     async def Inspect(self, request: vision_pb2.InspectRequest, context) -> vision_pb2.InspectResponse:
         threshold = self._threshold(request)
@@ -95,6 +108,24 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             yield vision_pb2.SegmentVolumeResponse(study_id=study_id, result=self._result(
                 study_id, study, volume, label_format, len(labels)))
 
+    async def GenerateImage(self, request: vision_pb2.GenerateImageRequest, context):
+        if self.generator is None:
+            raise FailedPrecondition("this vision service serves no image generation model "
+                                     "(MODALMESH_IMAGE_GENERATION_MODEL)")
+        spec = image_spec(request, self.limits)
+        encoding = request.encoding or vision_pb2.IMAGE_ENCODING_PNG
+        async for event in self.generator.generate(spec, context):
+            if isinstance(event, GeneratedPicture):
+                picture = event
+            else:
+                yield _generation_progress(event.stage, event.step, event.total)
+        yield _generation_progress("encoding", picture.steps, picture.steps)
+        data = await asyncio.to_thread(encode_picture, picture.pixels, encoding)
+        height, width = picture.pixels.shape[:2]
+        yield vision_pb2.GenerateImageResponse(image=vision_pb2.GeneratedImage(
+            data=data, encoding=encoding, width=width, height=height, seed=spec.seed, steps=picture.steps,
+            style=spec.style, source=_picture_source(picture), model=self.generator.served.model_info))
+
     def _result(self, study_id: str, study: SegmentedStudy, volume: Volume, label_format: int,
                 label_bytes: int) -> vision_pb2.SegmentationResult:
         return vision_pb2.SegmentationResult(
@@ -123,3 +154,75 @@ def _defect(found) -> vision_pb2.Defect:
     x, y, w, h = found.box
     return vision_pb2.Defect(defect_class=DEFECT_CLASSES[found.kind], box=vision_pb2.BoundingBox(
         x=x, y=y, width=w, height=h), score=found.score, area=found.pixels)
+
+
+def image_spec(request: vision_pb2.GenerateImageRequest, limits: ImageLimits) -> ImageSpec:
+    """The request as an ImageSpec, or InvalidArgument naming every field that is wrong."""
+    violations = [*_text_violations("prompt", request.prompt, required=True),
+                  *_text_violations("negative_prompt", request.negative_prompt, required=False),
+                  *_side_violations(request, limits)]
+    if request.steps > MAX_GENERATION_STEPS:
+        violations.append(("steps", f"{request.steps}: give 1 to {MAX_GENERATION_STEPS}, or 0 for the model's default"))
+    low, high = GUIDANCE_RANGE
+    if request.HasField("guidance_scale") and not low <= request.guidance_scale <= high:   # NaN fails too
+        violations.append(("guidance_scale", f"{request.guidance_scale}: give {low:g} to {high:g}"))
+    if request.style not in STYLES:
+        violations.append(("style", f"{request.style!r} is not a style; choose one of {', '.join(STYLES[1:])}, "
+                                    "or '' for none"))
+    if request.encoding not in vision_pb2.ImageEncoding.values():
+        violations.append(("encoding", f"{request.encoding} is not an ImageEncoding"))
+    if violations:
+        raise InvalidArgument(violations)
+    return ImageSpec(prompt=request.prompt.strip(), negative_prompt=request.negative_prompt.strip(),
+                     width=request.width, height=request.height, steps=request.steps,
+                     guidance=request.guidance_scale if request.HasField("guidance_scale") else None,
+                     seed=request.seed if request.HasField("seed") else secrets.randbelow(2**32),
+                     style=request.style)
+
+
+def _text_violations(field: str, text: str, required: bool) -> list[tuple[str, str]]:
+    if required and not text.strip():
+        return [(field, "empty: say what the picture shows")]
+    if len(text) > MAX_PROMPT_CHARS:
+        return [(field, f"{len(text)} characters exceed the limit of {MAX_PROMPT_CHARS}")]
+    # Tabs and line breaks are white space; any other control character is refused.
+    control = next((c for c in text if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None)
+    if control is not None:
+        return [(field, f"contains the control character U+{ord(control):04X}")]
+    return []
+
+
+def _side_violations(request: vision_pb2.GenerateImageRequest, limits: ImageLimits) -> list[tuple[str, str]]:
+    low, high = GENERATED_SIDES
+    violations = [(name, f"{side}: give {low} to {high} pixels, a multiple of 8, or 0 for the model's default")
+                  for name, side in (("width", request.width), ("height", request.height))
+                  if side and not (low <= side <= high and side % 8 == 0)]
+    if not violations and request.width * request.height > limits.max_pixels:
+        violations.append(("width", f"{request.width} x {request.height} = {request.width * request.height} "
+                                    f"pixels exceed the limit of {limits.max_pixels}"))
+    return violations
+
+
+def encode_picture(pixels: np.ndarray, encoding: int) -> bytes:
+    """RGB pixels as PNG, or as JPEG of quality 90."""
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    if encoding == vision_pb2.IMAGE_ENCODING_JPEG:
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    else:
+        ok, data = cv2.imencode(".png", bgr)
+    if not ok:
+        raise RuntimeError("encoding the generated image failed")
+    return data.tobytes()
+
+
+def _generation_progress(stage: str, step: int, total: int) -> vision_pb2.GenerateImageResponse:
+    return vision_pb2.GenerateImageResponse(progress=vision_pb2.ImageGenerationProgress(
+        stage=stage, step=step, total_steps=total))
+
+
+def _picture_source(picture: GeneratedPicture) -> vision_pb2.PictureSource | None:
+    if picture.match is None:
+        return None
+    found = picture.match.picture
+    return vision_pb2.PictureSource(picture_id=found.picture_id, caption=found.caption,
+                                    similarity=picture.match.similarity, credit=found.credit)

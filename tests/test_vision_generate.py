@@ -1,0 +1,345 @@
+"""VisionService.GenerateImage over a real socket with mutual TLS.
+
+The picture library (the default): clear prompts find their photograph, sizes, styles, seeds, progress,
+batching of concurrent calls, a user's folder of captioned pictures, and bad input refused with the field
+named. A diffusers pipeline: a tiny Stable Diffusion pipeline built here and saved locally, served by path
+and by Hugging Face id from a local cache (HF_HUB_OFFLINE=1): progress per denoising step, sizes,
+determinism by seed, and a cancelled call that stops the denoising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+
+from modalmesh.v1 import vision_pb2, vision_pb2_grpc
+from services.runtime.errors import FailedPrecondition, bad_request_of
+from services.vision.images import ImageLimits
+from services.vision.picture_styles import STYLES
+from services.vision.servicer import VisionServicer
+from tests.support import install_in_hub_cache, metric, start_service, wait_for
+
+MAX_PIXELS = 2048 * 1024      # below 2048 x 2048, so "too many pixels" can be asked for
+TINY_ID = "modalmesh-tests/tiny-stable-diffusion"
+
+
+# -- services ---------------------------------------------------------------------------------------
+
+def draw_picture_folder(folder: Path) -> Path:
+    """A user's folder: captions from captions.json, a sidecar .txt and a file name; two files to skip."""
+    folder.mkdir()
+    sunset = np.zeros((240, 320, 3), np.uint8)
+    sunset[:150] = (40, 120, 250)                                       # BGR: an orange sky
+    cv2.circle(sunset, (160, 150), 45, (60, 230, 255), -1)              # a yellow sun on the horizon
+    cv2.ellipse(sunset, (100, 240), (180, 90), 0, 180, 360, (40, 150, 40), -1)   # green hills
+    cv2.ellipse(sunset, (260, 240), (160, 70), 0, 180, 360, (30, 120, 30), -1)
+    cv2.imwrite(str(folder / "sunset.png"), sunset)
+    boat = np.full((200, 300, 3), (200, 120, 40), np.uint8)             # a blue sea
+    cv2.fillPoly(boat, [np.array([[150, 40], [150, 140], [210, 140]])], (255, 255, 255))   # a sail
+    cv2.imwrite(str(folder / "boat.jpg"), boat)
+    (folder / "boat.txt").write_text("A small sailing boat on a calm blue sea\n")
+    cv2.imwrite(str(folder / "lighthouse_on_a-rocky-cliff.png"), np.full((128, 96, 3), 90, np.uint8))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 20)
+    cv2.imwrite(str(folder / "too-wide.png"), np.zeros((16, 5000, 3), np.uint8))
+    (folder / "captions.json").write_text(json.dumps({
+        "sunset.png": {"caption": "A yellow sun setting over green hills", "credit": "drawn by the tests; CC0"}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def library_service(pki, tmp_path_factory):
+    folder = draw_picture_folder(tmp_path_factory.mktemp("user") / "my-pictures")
+    service = start_service("services.vision", pki, tmp_path_factory.mktemp("vision-library"), "vision",
+                            segmentation_model="", picture_folders=str(folder), max_image_pixels=MAX_PIXELS)
+    yield service
+    assert service.stop() == 0, service.log_tail()
+
+
+@pytest.fixture(scope="module")
+def library(library_service):
+    with library_service.channel() as channel:
+        yield vision_pb2_grpc.VisionServiceStub(channel)
+
+
+def generate(stub, timeout: float = 60, **fields) -> list[vision_pb2.GenerateImageResponse]:
+    return list(stub.GenerateImage(vision_pb2.GenerateImageRequest(**fields), timeout=timeout))
+
+
+def image_of(replies) -> vision_pb2.GeneratedImage:
+    assert replies[-1].WhichOneof("event") == "image"
+    return replies[-1].image
+
+
+def pixels_of(image: vision_pb2.GeneratedImage) -> np.ndarray:
+    decoded = cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None and decoded.shape[:2] == (image.height, image.width)
+    return decoded
+
+
+def colourfulness(pixels: np.ndarray) -> float:
+    """Mean spread between a pixel's strongest and weakest channel: 0 for grey."""
+    return float((pixels.max(axis=2).astype(int) - pixels.min(axis=2)).mean())
+
+
+# -- the picture library ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt, picture_id", [
+    ("a rocket standing on its launch pad", "skimage:rocket"),
+    ("a cup of coffee", "skimage:coffee"),
+    ("a cat", "skimage:chelsea"),
+    ("the horse galloped across the field", "skimage:horse"),
+])
+def test_clear_prompts_find_their_picture_named_with_its_model(library, prompt, picture_id):
+    image = image_of(generate(library, prompt=prompt, seed=1))
+    assert image.source.picture_id == picture_id
+    assert 0.4 < image.source.similarity <= 1.0
+    assert image.source.caption and "scikit-image" in image.source.credit
+    assert (image.width, image.height) == (512, 512) and image.encoding == vision_pb2.IMAGE_ENCODING_PNG
+    assert image.data.startswith(b"\x89PNG") and pixels_of(image).std() > 10
+    assert image.model.name == "picture-library" and len(image.model.version) == 12
+    assert "retrieval, not generation" in image.model.provenance
+    assert "all-MiniLM-L6-v2" in image.model.provenance and "scikit-image" in image.model.provenance
+
+
+@pytest.mark.parametrize("width, height, encoding", [
+    (640, 360, vision_pb2.IMAGE_ENCODING_PNG), (64, 2048, vision_pb2.IMAGE_ENCODING_JPEG),
+    (1280, 720, vision_pb2.IMAGE_ENCODING_JPEG), (0, 200, vision_pb2.IMAGE_ENCODING_PNG)])
+def test_the_size_asked_is_the_size_returned(library, width, height, encoding):
+    image = image_of(generate(library, prompt="a rocket at night", width=width, height=height, encoding=encoding))
+    assert (image.width, image.height) == (width or 512, height or 512)
+    assert image.data.startswith(b"\xff\xd8" if encoding == vision_pb2.IMAGE_ENCODING_JPEG else b"\x89PNG")
+    assert pixels_of(image).shape == (height or 512, width or 512, 3)
+
+
+def test_every_style_looks_different_and_sketch_and_noir_are_grey(library):
+    looks = {}
+    for style in STYLES:
+        image = image_of(generate(library, prompt="a cup of coffee", seed=5, style=style, width=320, height=240))
+        assert image.style == style and image.source.picture_id == "skimage:coffee"
+        looks[style] = pixels_of(image)
+    for i, first in enumerate(STYLES):
+        for second in STYLES[i + 1:]:
+            assert np.abs(looks[first].astype(int) - looks[second]).mean() > 2, (first, second)
+    colour = {style: colourfulness(pixels) for style, pixels in looks.items()}
+    assert colour["noir"] < 1 and colour["sketch"] < 0.35 * colour[""], colour
+    assert colour["storybook"] > 0.8 * colour[""], colour
+
+
+def test_the_same_seed_gives_the_same_bytes_and_seeds_vary_the_framing(library):
+    ask = dict(prompt="a horse on a farm", style="watercolor", width=256, height=192)
+    first, again = image_of(generate(library, seed=7, **ask)), image_of(generate(library, seed=7, **ask))
+    assert first.data == again.data and first.seed == 7
+    others = {image_of(generate(library, seed=seed, **ask)).data for seed in (8, 9, 10)}
+    assert len(others - {first.data}) >= 2
+    unseeded = image_of(generate(library, **ask))   # a seed is chosen and reported
+    assert image_of(generate(library, seed=unseeded.seed, **ask)).data == unseeded.data
+
+
+def test_progress_comes_first_stage_by_stage_then_one_image(library):
+    replies = generate(library, prompt="the old clock struck midnight", style="noir")
+    progress = [(r.progress.stage, r.progress.step, r.progress.total_steps) for r in replies[:-1]]
+    assert all(r.WhichOneof("event") == "progress" for r in replies[:-1])
+    assert progress == [("queued", 0, 3), ("matching", 0, 3), ("framing", 1, 3), ("styling", 2, 3),
+                        ("encoding", 3, 3)]
+    image = image_of(replies)
+    assert image.steps == 3 and image.source.picture_id == "skimage:clock"
+
+
+def test_a_user_folder_is_searched_with_its_captions(library, library_service):
+    sunset = image_of(generate(library, prompt="the sun going down behind the hills", seed=1))
+    assert sunset.source.picture_id == "my-pictures:sunset.png"
+    assert sunset.source.caption == "A yellow sun setting over green hills"
+    assert sunset.source.credit == "drawn by the tests; CC0"
+    boat = image_of(generate(library, prompt="a sailing boat at sea", seed=1))
+    assert boat.source.picture_id == "my-pictures:boat.jpg"
+    assert boat.source.caption == "A small sailing boat on a calm blue sea"
+    lighthouse = image_of(generate(library, prompt="a lighthouse on a cliff", seed=1))
+    assert lighthouse.source.caption == "lighthouse on a rocky cliff"
+    assert "3 pictures from" in lighthouse.model.provenance
+    skipped = [json.loads(line) for line in library_service.log().splitlines() if '"picture skipped"' in line]
+    assert sorted(Path(s["path"]).name for s in skipped) == ["broken.jpg", "too-wide.png"]
+
+
+def test_concurrent_requests_are_batched(library, library_service):
+    def batches() -> tuple[float, float]:   # (executions, executions of one row)
+        text = library_service.metrics()
+        return (metric(text, "modalmesh_batch_size_count", model="picture-library"),
+                metric(text, "modalmesh_batch_size_bucket", model="picture-library", le="1.0"))
+
+    before = batches()
+    prompts = ["a rocket", "a cup of coffee", "a cat", "a horse", "the moon", "old coins", "a motorbike", "an eye"]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        images = list(pool.map(lambda p: image_of(generate(library, prompt=p, style="sketch")), prompts))
+    after = batches()
+    executions, single = after[0] - before[0], after[1] - before[1]
+    assert len({image.source.picture_id for image in images}) == len(prompts)
+    assert executions < len(prompts) and single < executions, (executions, single)
+
+
+BAD_REQUESTS = [
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "   \n "}, "prompt"),
+    ({"prompt": "x" * 2001}, "prompt"),
+    ({"prompt": "a cat\x00"}, "prompt"),
+    ({"prompt": "a \x1b[31mred\x1b[0m cat"}, "prompt"),
+    ({"prompt": "a cat", "negative_prompt": "dogs\x07"}, "negative_prompt"),
+    ({"prompt": "a cat", "width": 63}, "width"),
+    ({"prompt": "a cat", "width": 100}, "width"),
+    ({"prompt": "a cat", "height": 2056}, "height"),
+    ({"prompt": "a cat", "width": 2048, "height": 2048}, "width"),     # past max_image_pixels
+    ({"prompt": "a cat", "steps": 101}, "steps"),
+    ({"prompt": "a cat", "guidance_scale": 30.5}, "guidance_scale"),
+    ({"prompt": "a cat", "guidance_scale": -1}, "guidance_scale"),
+    ({"prompt": "a cat", "guidance_scale": math.nan}, "guidance_scale"),
+    ({"prompt": "a cat", "style": "pastel"}, "style"),
+    ({"prompt": "a cat", "encoding": 7}, "encoding"),
+]
+
+
+@pytest.mark.parametrize("fields, field", BAD_REQUESTS, ids=[f"{f}-{i}" for i, (_, f) in enumerate(BAD_REQUESTS)])
+def test_bad_input_is_refused_with_the_field_named(library, fields, field):
+    with pytest.raises(grpc.RpcError) as refused:
+        generate(library, **fields)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in [f for f, _ in bad_request_of(refused.value)], bad_request_of(refused.value)
+
+
+def test_every_problem_of_a_request_is_named_at_once(library):
+    with pytest.raises(grpc.RpcError) as refused:
+        generate(library, prompt="", width=65, steps=500, style="crayon")
+    assert {f for f, _ in bad_request_of(refused.value)} == {"prompt", "width", "steps", "style"}
+
+
+def test_tabs_and_line_breaks_are_white_space_not_control_characters(library):
+    assert image_of(generate(library, prompt="a cup\tof coffee\r\non the table")).source.picture_id == "skimage:coffee"
+
+
+def test_without_a_generation_model_the_call_fails_as_a_precondition():
+    servicer = VisionServicer(inspector=None, limits=ImageLimits(), generator=None)
+
+    async def first_reply():
+        return await anext(servicer.GenerateImage(vision_pb2.GenerateImageRequest(prompt="a cat"), None))
+
+    with pytest.raises(FailedPrecondition, match="MODALMESH_IMAGE_GENERATION_MODEL"):
+        asyncio.run(first_reply())
+
+
+# -- a diffusers pipeline --------------------------------------------------------------------------
+
+def build_tiny_stable_diffusion(path: Path) -> Path:
+    """A Stable Diffusion pipeline of a few thousand random weights: a tiny UNet, VAE and CLIP text
+    encoder, a byte-level CLIP tokenizer and an Euler scheduler, saved as diffusers saves any pipeline."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4)
+    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=4, sample_size=32)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+        num_hidden_layers=2, vocab_size=1000, projection_dim=16))
+    characters = list(bytes_to_unicode().values())   # byte-level BPE without merges: one token per byte
+    vocabulary = {token: i for i, token in enumerate(characters + [c + "</w>" for c in characters])}
+    vocabulary.update({"<|startoftext|>": len(vocabulary), "<|endoftext|>": len(vocabulary) + 1})
+    tokenizer = CLIPTokenizer(vocab=vocabulary, merges=[], model_max_length=32)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="trailing", steps_offset=1)
+    pipeline = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipeline.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    return build_tiny_stable_diffusion(tmp_path_factory.mktemp("models") / "tiny-stable-diffusion")
+
+
+@pytest.fixture(scope="module")
+def diffusion_service(pki, tmp_path_factory, tiny_pipeline):
+    service = start_service("services.vision", pki, tmp_path_factory.mktemp("vision-diffusion"), "vision",
+                            segmentation_model="", image_generation_model=str(tiny_pipeline),
+                            generation_steps=4, generation_guidance=0)
+    yield service
+    assert service.stop() == 0, service.log_tail()
+
+
+@pytest.fixture(scope="module")
+def diffusion(diffusion_service):
+    with diffusion_service.channel() as channel:
+        yield vision_pb2_grpc.VisionServiceStub(channel)
+
+
+@pytest.mark.slow
+def test_a_diffusion_pipeline_streams_each_denoising_step_then_the_image(diffusion):
+    replies = generate(diffusion, prompt="a lighthouse in a storm", width=96, height=64, seed=3, style="noir")
+    progress = [(r.progress.stage, r.progress.step, r.progress.total_steps) for r in replies[:-1]]
+    assert progress == [("queued", 0, 4), ("denoising", 1, 4), ("denoising", 2, 4), ("denoising", 3, 4),
+                        ("decoding", 4, 4), ("encoding", 4, 4)]
+    image = image_of(replies)
+    assert (image.width, image.height, image.steps, image.seed, image.style) == (96, 64, 4, 3, "noir")
+    assert pixels_of(image).shape == (64, 96, 3) and not image.HasField("source")
+    assert image.model.name == "tiny-stable-diffusion" and len(image.model.version) == 12
+    assert "StableDiffusionPipeline" in image.model.provenance and "local path" in image.model.provenance
+    assert image.model.device == "cpu" and image.model.dtype == "float32"
+
+
+@pytest.mark.slow
+def test_a_diffusion_pipeline_is_deterministic_by_seed_and_has_a_default_size(diffusion):
+    ask = dict(prompt="a red barn", width=64, height=64, steps=2)
+    first, again = image_of(generate(diffusion, seed=11, **ask)), image_of(generate(diffusion, seed=11, **ask))
+    other = image_of(generate(diffusion, seed=12, **ask))
+    assert first.data == again.data and first.steps == 2
+    assert not np.array_equal(pixels_of(first), pixels_of(other))
+    default = image_of(generate(diffusion, prompt="a red barn", seed=1))
+    assert (default.width, default.height) == (32, 32)   # the tiny UNet's sample size 16 x the VAE's scale 2
+
+
+@pytest.mark.slow
+def test_a_cancelled_call_stops_the_denoising(diffusion, diffusion_service):
+    call = diffusion.GenerateImage(vision_pb2.GenerateImageRequest(
+        prompt="a long generation", width=128, height=128, steps=100, seed=1), timeout=120)   # ~0.1 s a step
+    for reply in call:
+        if reply.progress.stage == "denoising" and reply.progress.step >= 2:
+            break
+    cancelled_at = time.monotonic()
+    call.cancel()
+    wait_for(lambda: '"image generation interrupted"' in diffusion_service.log(), timeout=30)
+    stopped = next(json.loads(line) for line in diffusion_service.log().splitlines()
+                   if '"image generation interrupted"' in line)
+    assert 2 <= stopped["step"] < 100 and stopped["steps"] == 100
+    assert time.monotonic() - cancelled_at < 5
+    assert image_of(generate(diffusion, prompt="the next call", width=64, height=64)).steps == 4
+
+
+@pytest.mark.slow
+def test_a_diffusion_pipeline_loads_by_hugging_face_id_from_the_local_cache(pki, tmp_path_factory, tiny_pipeline):
+    hf_home = tmp_path_factory.mktemp("hf-home")
+    install_in_hub_cache(tiny_pipeline, hf_home, TINY_ID)
+    service = start_service("services.vision", pki, tmp_path_factory.mktemp("vision-hub"), "vision",
+                            segmentation_model="", image_generation_model=TINY_ID, generation_steps=1,
+                            environment={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    try:
+        with service.channel() as channel:
+            image = image_of(generate(vision_pb2_grpc.VisionServiceStub(channel), prompt="a cat", seed=1))
+        assert image.model.name == TINY_ID and "Hugging Face" in image.model.provenance
+        assert (image.width, image.height, image.steps) == (32, 32, 1)
+    finally:
+        assert service.stop() == 0, service.log_tail()
