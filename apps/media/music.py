@@ -10,6 +10,7 @@ Also: WAV writing (atomic) and reading, as the video assembly reads narrations a
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,14 +82,17 @@ def music_bed(duration_s: float, style: str, seed: int, sample_rate: int = 22050
 
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
-    """16-bit PCM WAV, written under a temporary name and renamed, so a WAV that exists is whole."""
+    """16-bit PCM WAV, written under a temporary name, flushed to disk and renamed: a WAV that exists is whole."""
     samples = np.asarray(samples, dtype=np.float32)
     if not np.isfinite(samples).all():
         raise ValueError("samples must be finite")
     path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
     try:
-        soundfile.write(partial, np.clip(samples, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+        with open(partial, "wb") as file:
+            soundfile.write(file, np.clip(samples, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

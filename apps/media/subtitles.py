@@ -87,13 +87,10 @@ def draw_cue(frame: np.ndarray, text: str) -> None:
     """Burn a cue into a BGR frame, in place: white text with a dark outline on a translucent dark band,
     centred near the bottom, its size scaled to the frame's height (and down further if a line is too wide)."""
     height, width = frame.shape[:2]
-    layout = _layout(drawable(text), width, height)
-    x0, y0, x1, y1 = layout.band
+    stamp = _stamp(drawable(text), width, height)
+    x0, y0, x1, y1 = stamp.band
     band = frame[y0:y1, x0:x1]
-    band[:] = cv2.convertScaleAbs(band, alpha=0.45)    # darkened, not hidden: the picture still shows through
-    for line, origin in zip(layout.lines, layout.origins):
-        cv2.putText(frame, line, origin, FONT, layout.scale, (0, 0, 0), layout.thickness + 2, cv2.LINE_AA)
-        cv2.putText(frame, line, origin, FONT, layout.scale, (255, 255, 255), layout.thickness, cv2.LINE_AA)
+    cv2.add(cv2.multiply(band, stamp.keep, scale=1 / 255), stamp.ink, dst=band)
 
 
 def drawable(text: str) -> str:
@@ -104,35 +101,40 @@ def drawable(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Layout:
-    lines: tuple[str, ...]
-    origins: tuple[tuple[int, int], ...]
-    scale: float
-    thickness: int
-    band: tuple[int, int, int, int]      # x0, y0, x1, y1
+class _Stamp:
+    """A cue drawn once, to be laid on each frame it shows on (drawing text anew each frame costs ten times more)."""
+
+    band: tuple[int, int, int, int]   # x0, y0, x1, y1 in the frame
+    keep: np.ndarray                  # how much of the picture is kept (of 255) at each pixel of the band
+    ink: np.ndarray                   # what is added to it: white letters, already weighted by their coverage
 
 
-@lru_cache(maxsize=64)   # a cue stays on screen for dozens of frames: lay it out once
-def _layout(text: str, width: int, height: int) -> _Layout:
-    lines = tuple(text.split("\n"))
+@lru_cache(maxsize=16)    # the cues on screen now, across the videos being made at once
+def _stamp(text: str, width: int, height: int) -> _Stamp:
+    lines = text.split("\n")
     line_px = max(8, round(height / 20))
     scale = cv2.getFontScaleFromHeight(FONT, line_px, 1)
     thickness = max(1, round(line_px / 18))
     widest = max(cv2.getTextSize(line, FONT, scale, thickness)[0][0] for line in lines)
     if widest > 0.92 * width:
         scale, line_px = scale * 0.92 * width / widest, max(6, round(line_px * 0.92 * width / widest))
+        widest = max(cv2.getTextSize(line, FONT, scale, thickness)[0][0] for line in lines)
     gap, pad = round(line_px * 0.55), round(line_px * 0.45)
     bottom = height - round(height * 0.06)
-    origins = []
+    top = bottom - len(lines) * line_px - (len(lines) - 1) * gap - pad
+    x0, y0 = max(0, (width - widest) // 2 - pad), max(0, top)
+    x1, y1 = min(width, (width + widest) // 2 + pad), min(height, bottom + pad)
+    ink, coverage = np.zeros((y1 - y0, x1 - x0, 3), np.uint8), np.zeros((y1 - y0, x1 - x0), np.uint8)
     for row, line in enumerate(lines):
         text_width = cv2.getTextSize(line, FONT, scale, thickness)[0][0]
-        baseline_y = bottom - (len(lines) - 1 - row) * (line_px + gap)
-        origins.append(((width - text_width) // 2, baseline_y))
-    widest = max(cv2.getTextSize(line, FONT, scale, thickness)[0][0] for line in lines)
-    top = origins[0][1] - line_px - pad
-    band = (max(0, (width - widest) // 2 - pad), max(0, top),
-            min(width, (width + widest) // 2 + pad), min(height, bottom + pad))
-    return _Layout(lines, tuple(origins), scale, thickness, band)
+        origin = ((width - text_width) // 2 - x0, bottom - (len(lines) - 1 - row) * (line_px + gap) - y0)
+        cv2.putText(coverage, line, origin, FONT, scale, 255, thickness + 2, cv2.LINE_AA)
+        cv2.putText(ink, line, origin, FONT, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    # The picture shows through the band at 45% (darkened, not hidden), and not at all under the letters and
+    # their outlines; anti-aliased edges are in between.
+    cover = np.repeat(coverage[..., None].astype(np.float32) / 255, 3, axis=2)
+    keep = np.round(255 * 0.45 * (1 - cover)).astype(np.uint8)
+    return _Stamp((x0, y0, x1, y1), keep, np.round(ink * cover).astype(np.uint8))
 
 
 def _words(text: str) -> list[str]:

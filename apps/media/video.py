@@ -101,6 +101,8 @@ def assemble_video(scenes: Sequence[SceneMedia], out_dir: Path, options: VideoOp
         write_webvtt(partial_vtt, cues)
         _encode(Frames(pictures, timeline, cues if options.burn_subtitles else ()), audio, partial_video, options,
                 progress, cancelled)
+        for path in (partial_vtt, partial_video):
+            _flush_to_disk(path)
         os.replace(partial_vtt, out_dir / "subtitles.vtt")
         os.replace(partial_video, out_dir / "video.mp4")    # last: a video.mp4 has its subtitles beside it
     finally:
@@ -410,6 +412,11 @@ def _read_picture(number: int, path: Path) -> np.ndarray:
     if picture is None:
         raise ValueError(f"scene {number}'s picture {Path(path).name}: not a readable PNG or JPEG image")
     return picture
+
+
+def _flush_to_disk(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
 
 
 def _toward_middle(pair: tuple[float, float], amount: float) -> tuple[float, float]:
