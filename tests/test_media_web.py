@@ -2,8 +2,9 @@
 status 400, the studio's own message beside each wrong field and every value as it was sent, and no job made;
 unknown jobs are a 404 page, actions the job's state forbids a 409 page; cancel and retry redirect back to the
 job; a finished job's page has the video with its default subtitles track, the download link, the scenes and
-the models; the gallery lists jobs newest first with their first picture; everything answers under the
-gateway's /media prefix with links that stay under it, and at the root."""
+the models; the gallery lists jobs newest first with their first picture; a full queue is a 429 page; a service that is
+down is on every page and the step it failed says why, with Retry; everything answers under the gateway's
+/media prefix with links that stay under it, and at the root."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 
 from apps.media.options import InvalidJob, job_options
 from tests.healthcare import Http
-from tests.media import media_stack  # noqa: F401 - a fixture
+from tests.media import media_stack, start_media_app  # noqa: F401 - a fixture
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -229,3 +231,40 @@ def test_pages_answer_under_the_prefix_and_at_the_root_with_links_that_stay_ther
             status, kind, _ = http.get(f"{prefix}/static/{asset}", accept="*/*")
             assert status == 200 and ("css" in kind or "javascript" in kind), (asset, kind)
     assert http.get("/media")[0] == 200   # the prefix alone is the studio too
+
+
+def test_a_full_queue_and_a_service_down_are_on_the_pages(media_stack, pki, tmp_path):
+    """An app of its own, one job at a time and one waiting, whose vision service is an address nobody
+    listens on: the first job fails at its pictures, the second waits, the third is refused."""
+    services = {name: media_stack.services[name] for name in ("text", "audio")}
+    app = start_media_app(pki, tmp_path, services, vision_address=f"127.0.0.1:{free_port()}", concurrent_jobs=1,
+                          max_queued_jobs=1)
+    try:
+        http = Http(int(app.root.rsplit(":", 1)[1]))
+        def submit() -> str:
+            reply = http.request("POST", "/media/jobs", urlencode({**GOOD_FORM, "scenes": "1"}).encode(),
+                                 "application/x-www-form-urlencoded")
+            assert reply[0] == 303, reply[:3]
+            return reply[3]["location"]
+        first = submit()
+        app.wait_job(first.rsplit("/", 1)[1], until=lambda job: job["state"] != "queued")
+        waiting = submit()
+        assert app.job(waiting.rsplit("/", 1)[1])["queue_position"] == 1
+        status, kind, body = http.post("/media/jobs", GOOD_FORM, accept="text/html")
+        assert status == 429 and kind.startswith("text/html")
+        assert "queue" in Elements(body.decode()).text["error-message"]
+        assert http.post(f"{waiting}/cancel", {}, accept="text/html")[0] == 303
+
+        job = app.wait_job(first.rsplit("/", 1)[1], timeout=120)
+        assert job["state"] == "failed" and job["error"]["step"] == "pictures", job
+        page = Elements(http.get(first)[2].decode())
+        assert page.text["job-error"].strip().startswith(f"The pictures step failed ({job['error']['code']})")
+        assert "hidden" not in page.attrs["retry-form"] and "hidden" in page.attrs["cancel-form"]
+        assert page.attrs["job"]["data-state"] == "failed"
+        for path in (first, "/media/"):
+            assert re.search(r'<p class="outage">vision service unavailable \(UNAVAILABLE\)',
+                             http.get(path)[2].decode()), path
+        assert http.post(f"{first}/retry", {}, accept="text/html")[0] == 303
+        assert app.job(job["job_id"])["state"] in ("queued", "running")
+    finally:
+        app.app.stop(10)
