@@ -51,8 +51,8 @@ def test_cues_break_at_words_into_two_lines_and_keep_every_word():
     for cue in cues:
         lines = cue.split("\n")
         assert 1 <= len(lines) <= 2 and all(0 < len(line) <= MAX_LINE_CHARS for line in lines), cue
-    assert " ".join(" ".join(cues).split()) == " ".join(text.split()).replace("x" * 100, " ".join(
-        ["x" * 42, "x" * 42, "x" * 16]))
+    every_word = " ".join(text.split()).replace("x" * 100, " ".join(["x" * 42, "x" * 42, "x" * 16]))
+    assert " ".join(" ".join(cues).split()) == every_word          # in order, a too-long word cut in pieces
     assert cue_texts("") == [] and timed_cues("", 1.0, 2.0) == []
 
 
