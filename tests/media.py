@@ -24,6 +24,7 @@ FINISHED = ("done", "failed", "cancelled")
 APP_SETTINGS = {"video_width": 640, "video_height": 360, "video_fps": 12, "picture_width": 640,
                 "picture_height": 360, "call_timeout_s": 60, "drain_grace_s": 5}
 VISION_SETTINGS = {"segmentation_model": ""}   # the 3D segmentation model is not needed here
+SERVICE_SETTINGS = {"model_threads": 2, "drain_grace_s": 20}   # as tests/support.py start_service
 
 
 @dataclass
@@ -107,8 +108,7 @@ def start_media_app(pki, tmp: Path, services: dict[str, ServiceProcess], **setti
 
 def restart_service(service: ServiceProcess, module: str, pki, tmp: Path, workload: str, **settings) -> ServiceProcess:
     """A service started again on the port it had (its clients reconnect to the same address)."""
-    restarted = launch(module, pki, tmp, workload, **{"model_threads": 2, "drain_grace_s": 20, **settings,
-                                                      "grpc_port": service.port})
+    restarted = launch(module, pki, tmp, workload, **(SERVICE_SETTINGS | settings | {"grpc_port": service.port}))
     restarted.port = service.port   # launch picked another free port; the process listens on this one
     try:
         restarted.wait_serving()
@@ -132,10 +132,12 @@ def media_stack(pki, tmp_path_factory, request) -> MediaStack:
 
 
 def start_media_services(pki, tmp: Path, started: list) -> dict[str, ServiceProcess]:
-    services = {}
-    for name, settings in (("text", {}), ("audio", {}), ("vision", VISION_SETTINGS)):
-        services[name] = start_service(f"services.{name}", pki, tmp, name, **settings)
-        started.append(services[name])
+    """The three services, started together (each loads its models while the others do)."""
+    services = {name: launch(f"services.{name}", pki, tmp, name, **(SERVICE_SETTINGS | settings))
+                for name, settings in (("text", {}), ("audio", {}), ("vision", VISION_SETTINGS))}
+    started.extend(services.values())
+    for service in services.values():
+        service.wait_serving()
     return services
 
 

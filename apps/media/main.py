@@ -7,7 +7,7 @@ from pydantic import Field
 
 from apps.clients import Availability, mesh_channel
 from apps.media.jobs import JobStore
-from apps.media.pipeline import Pipeline, PipelineSettings, Stubs
+from apps.media.pipeline import Pipeline, PipelineSettings, ServiceChannels
 from apps.media.studio import Studio
 from apps.media.video import VideoOptions
 from apps.media.web import create_web_app
@@ -36,6 +36,9 @@ class MediaSettings(ServiceSettings):
                                  "refused (429)")
     call_timeout_s: float = Field(120.0, gt=0, description="Deadline of each call to a service (one story, one "
                                   "narration, one picture)")
+    unavailable_retries: int = Field(4, ge=0, le=10, description="Retries of a call that found its service "
+                                     "UNAVAILABLE (restarting), 0.5 s apart then twice as long each time; "
+                                     "then the step fails")
     scenes_at_once: int = Field(4, ge=1, le=12, description="Narration and picture calls in flight per job")
     picture_width: int = Field(1024, ge=64, le=2048, multiple_of=8, description="Size of each scene's picture "
                                "(framed to the video size, with room for the pan and zoom)")
@@ -54,16 +57,18 @@ def build(runtime: Runtime) -> Service:
     data = settings.data_dir
     store = JobStore(open_database(settings.database_url or f"sqlite:///{data / 'media.sqlite3'}"))
     store.create_schema()
-    channels = {name: mesh_channel(getattr(settings, f"{name}_address"), settings)
-                for name in ("text", "audio", "vision")}
-    stubs = Stubs(text_pb2_grpc.TextServiceStub(channels["text"]), audio_pb2_grpc.AudioServiceStub(channels["audio"]),
-                  vision_pb2_grpc.VisionServiceStub(channels["vision"]))
+    channels = ServiceChannels({"text": (settings.text_address, text_pb2_grpc.TextServiceStub),
+                                "audio": (settings.audio_address, audio_pb2_grpc.AudioServiceStub),
+                                "vision": (settings.vision_address, vision_pb2_grpc.VisionServiceStub)},
+                               lambda address: mesh_channel(address, settings))
     video = VideoOptions(width=settings.video_width, height=settings.video_height, fps=settings.video_fps,
                          transition_s=settings.transition_s, pause_s=settings.pause_s,
                          burn_subtitles=settings.burn_subtitles)
     availability = Availability()
-    pipeline = Pipeline(stubs, availability, PipelineSettings(settings.call_timeout_s, settings.picture_width,
-                                                              settings.picture_height, settings.scenes_at_once, video))
+    pipeline = Pipeline(channels, availability, PipelineSettings(
+        call_timeout_s=settings.call_timeout_s, unavailable_retries=settings.unavailable_retries,
+        picture_width=settings.picture_width, picture_height=settings.picture_height,
+        scenes_at_once=settings.scenes_at_once, video=video))
     studio = Studio(store, pipeline, data / "jobs", availability, settings.concurrent_jobs, settings.max_queued_jobs)
     web = create_web_app(studio, settings.http_path_prefix)
     tasks = [lambda: serve_web_app(web, settings.http_host, settings.http_port, studio.close), studio.run]

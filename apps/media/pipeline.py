@@ -31,8 +31,8 @@ from modalmesh.v1 import audio_pb2, text_pb2, vision_pb2
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)   # then the step fails: about 7.5 s of a service being away
-MAX_STORY_TOKENS = 400
+FIRST_RETRY_S = 0.5   # after UNAVAILABLE; each retry waits twice as long as the one before
+MAX_STORY_TOKENS = 300   # the storyteller's stories are 60 to 200; a scene's text stays within Synthesize's limit
 MAX_PICTURE_PROMPT_CHARS = 2000
 # Stories as the storyteller was taught to be asked for them (scripts/train_storyteller.py REQUESTS).
 REQUEST_OPENINGS = ("write", "tell", "can you", "could you", "please", "i would like", "story about", "story set")
@@ -57,22 +57,43 @@ class StepFailed(Exception):
 @dataclass(frozen=True)
 class PipelineSettings:
     call_timeout_s: float = 120.0
+    unavailable_retries: int = 4   # 0.5 + 1 + 2 + 4 s: a service restarting has 7.5 s to come back
     picture_width: int = 1024
     picture_height: int = 576
     scenes_at_once: int = 4   # per job and step: calls in flight for one job's scenes
     video: video.VideoOptions = video.VideoOptions()
 
 
-@dataclass
-class Stubs:
-    text: object
-    audio: object
-    vision: object
+class ServiceChannels:
+    """A channel and a stub per service. A channel that keeps failing to connect is replaced by a fresh one:
+    gRPC waits longer and longer (up to two minutes) between attempts to reconnect a channel, while a fresh
+    channel connects at its first call, so a service that is back is used by the next attempt or retry."""
+
+    def __init__(self, services: dict[str, tuple[str, type]], open_channel: Callable[[str], grpc.aio.Channel]):
+        self.services, self.open_channel = services, open_channel   # name → (address, stub class)
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        self.stubs: dict[str, object] = {}
+        for name in services:
+            self._open(name)
+
+    def stub(self, name: str):
+        return self.stubs[name]
+
+    async def after_unavailable(self, name: str) -> None:
+        channel = self.channels[name]
+        if channel.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE:   # no call can be in flight on it
+            self._open(name)
+            await channel.close()
+
+    def _open(self, name: str) -> None:
+        address, stub_class = self.services[name]
+        self.channels[name] = self.open_channel(address)
+        self.stubs[name] = stub_class(self.channels[name])
 
 
 class Pipeline:
-    def __init__(self, stubs: Stubs, availability: Availability, settings: PipelineSettings):
-        self.stubs, self.availability, self.settings = stubs, availability, settings
+    def __init__(self, channels: ServiceChannels, availability: Availability, settings: PipelineSettings):
+        self.channels, self.availability, self.settings = channels, availability, settings
 
     async def run(self, job: Job, folder: Path, changed: Changed) -> None:
         """All the steps of ``job``; StepFailed when one fails (its step state says so too)."""
@@ -91,8 +112,9 @@ class Pipeline:
 
     async def _step(self, run: JobRun, name: str, work: Callable[[JobRun, Step], Awaitable[None]]) -> None:
         step = run.job.step(name)
-        step.state = RUNNING
-        await run.changed(True)
+        if step.state != DONE:   # a step done before only checks that its outputs are all there
+            step.state = RUNNING
+            await run.changed(True)
         try:
             await work(run, step)
         except asyncio.CancelledError:
@@ -111,7 +133,7 @@ class Pipeline:
         if path.exists():
             run.job.story = path.read_text()
         else:
-            await self._call("text", "story", lambda: self._stream_story(run, step))
+            await self._call("text", "story", lambda text: self._stream_story(text, run, step))
             await asyncio.to_thread(write_atomic, path, run.job.story.encode())
         texts = split_scenes(run.job.story, run.job.options.scenes)
         if not texts:
@@ -122,14 +144,14 @@ class Pipeline:
                           for i, text in enumerate(texts, 1)]
         step.detail = f"{step.done} tokens, {len(texts)} scenes" if step.done else f"{len(texts)} scenes"
 
-    async def _stream_story(self, run: JobRun, step: Step) -> None:
+    async def _stream_story(self, text, run: JobRun, step: Step) -> None:
         job = run.job
         request = text_pb2.GenerateRequest(
             chat=text_pb2.Chat(messages=[text_pb2.ChatMessage(role="user", content=story_request(job.options.prompt))]),
             sampling=text_pb2.SamplingParameters(max_new_tokens=MAX_STORY_TOKENS, seed=job.options.seed))
         job.story, step.done = "", 0   # a retried stream starts over
         written_at = asyncio.get_running_loop().time()
-        async for reply in self.stubs.text.Generate(request, timeout=self.settings.call_timeout_s):
+        async for reply in text.Generate(request, timeout=self.settings.call_timeout_s):
             if reply.HasField("model"):
                 job.models["story"] = model_record(reply.model)
             job.story += reply.text
@@ -152,7 +174,7 @@ class Pipeline:
                 request = audio_pb2.SynthesizeRequest(text=scene.text, voice=options.voice,
                                                       words_per_minute=options.words_per_minute,
                                                       encoding=audio_pb2.AUDIO_ENCODING_WAV)
-                reply = await self._call("audio", "narration", lambda: self.stubs.audio.Synthesize(
+                reply = await self._call("audio", "narration", lambda audio: audio.Synthesize(
                     request, timeout=self.settings.call_timeout_s))
                 await asyncio.to_thread(write_atomic, path, reply.audio.data)
                 run.job.models["narration"] = model_record(reply.model)
@@ -171,7 +193,7 @@ class Pipeline:
                     prompt=picture_prompt(scene.text, options.prompt), width=size[0], height=size[1],
                     seed=scene_seed(options.seed, scene.index), style=options.style,
                     encoding=vision_pb2.IMAGE_ENCODING_PNG)
-                image = await self._call("vision", "pictures", lambda: self._generate_image(request))
+                image = await self._call("vision", "pictures", lambda vision: self._generate_image(vision, request))
                 await asyncio.to_thread(write_atomic, path, image.data)
                 run.job.models["pictures"] = model_record(image.model)
                 scene.picture_source = picture_source(image)
@@ -179,8 +201,8 @@ class Pipeline:
 
         await self._each_scene(run, step, one)
 
-    async def _generate_image(self, request) -> vision_pb2.GeneratedImage:
-        async for reply in self.stubs.vision.GenerateImage(request, timeout=self.settings.call_timeout_s):
+    async def _generate_image(self, vision, request) -> vision_pb2.GeneratedImage:
+        async for reply in vision.GenerateImage(request, timeout=self.settings.call_timeout_s):
             if reply.HasField("image"):
                 return reply.image
         raise StepFailed("pictures", "INTERNAL", "the vision service ended its stream without an image")
@@ -249,18 +271,23 @@ class Pipeline:
 
     # -- calls ---------------------------------------------------------------------------------------
 
-    async def _call(self, service: str, step: str, attempt: Callable[[], Awaitable]):
-        """``attempt()`` until it succeeds, retrying UNAVAILABLE with backoff; StepFailed otherwise."""
-        for delay in (*UNAVAILABLE_BACKOFF_S, None):
+    async def _call(self, service: str, step: str, attempt: Callable[[object], Awaitable]):
+        """``attempt(stub)`` until it succeeds, retrying UNAVAILABLE with backoff; StepFailed otherwise."""
+        retries = self.settings.unavailable_retries
+        for delay in [FIRST_RETRY_S * 2**n for n in range(retries)] + [None]:
             try:
-                result = await attempt()
+                result = await attempt(self.channels.stub(service))
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.INVALID_ARGUMENT:   # bad input is ours, not the service's
                     self.availability.failed(service, error)
-                if error.code() == grpc.StatusCode.UNAVAILABLE and delay is not None:
-                    await asyncio.sleep(delay)
-                    continue
-                raise StepFailed(step, error.code().name, f"{service} service: {error.details()}") from None
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise StepFailed(step, error.code().name, f"{service} service: {error.details()}") from None
+                await self.channels.after_unavailable(service)
+                if delay is None:
+                    raise StepFailed(step, "UNAVAILABLE", f"{service} service: {error.details()} (tried "
+                                     f"{retries + 1} times)") from None
+                await asyncio.sleep(delay)
+                continue
             self.availability.succeeded(service)
             return result
 

@@ -155,7 +155,6 @@ class Studio:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            self._writer.shutdown(wait=True)
 
     async def _worker(self) -> None:
         while True:
