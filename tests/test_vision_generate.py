@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 
+from modalmesh.launch import launch
 from modalmesh.v1 import vision_pb2, vision_pb2_grpc
 from services.runtime.errors import FailedPrecondition, bad_request_of
 from services.vision.images import ImageLimits
@@ -273,12 +274,33 @@ def tiny_pipeline(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def diffusion_service(pki, tmp_path_factory, tiny_pipeline):
-    service = start_service("services.vision", pki, tmp_path_factory.mktemp("vision-diffusion"), "vision",
-                            segmentation_model="", image_generation_model=str(tiny_pipeline),
-                            generation_steps=4, generation_guidance=0)
-    yield service
-    assert service.stop() == 0, service.log_tail()
+def diffusion_services(pki, tmp_path_factory, tiny_pipeline):
+    """The tiny pipeline served by its local path and by Hugging Face id from a local cache, started side
+    by side."""
+    hf_home = tmp_path_factory.mktemp("hf-home")
+    install_in_hub_cache(tiny_pipeline, hf_home, TINY_ID)
+    by_path = dict(image_generation_model=str(tiny_pipeline), generation_steps=4, generation_guidance=0)
+    by_id = dict(image_generation_model=TINY_ID, generation_steps=1,
+                 environment={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    # Launched from this thread (a service dies with the thread that started it), then awaited together.
+    services = {name: launch("services.vision", pki, tmp_path_factory.mktemp(f"vision-{name}"), "vision",
+                             segmentation_model="", model_threads=1, **settings)
+                for name, settings in (("path", by_path), ("id", by_id))}
+    try:
+        for service in services.values():
+            service.wait_serving()
+    except BaseException:
+        for service in services.values():
+            service.stop(5)
+        raise
+    yield services
+    for service in services.values():
+        assert service.stop() == 0, service.log_tail()
+
+
+@pytest.fixture(scope="module")
+def diffusion_service(diffusion_services):
+    return diffusion_services["path"]
 
 
 @pytest.fixture(scope="module")
@@ -330,16 +352,8 @@ def test_a_cancelled_call_stops_the_denoising(diffusion, diffusion_service):
 
 
 @pytest.mark.slow
-def test_a_diffusion_pipeline_loads_by_hugging_face_id_from_the_local_cache(pki, tmp_path_factory, tiny_pipeline):
-    hf_home = tmp_path_factory.mktemp("hf-home")
-    install_in_hub_cache(tiny_pipeline, hf_home, TINY_ID)
-    service = start_service("services.vision", pki, tmp_path_factory.mktemp("vision-hub"), "vision",
-                            segmentation_model="", image_generation_model=TINY_ID, generation_steps=1,
-                            environment={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
-    try:
-        with service.channel() as channel:
-            image = image_of(generate(vision_pb2_grpc.VisionServiceStub(channel), prompt="a cat", seed=1))
-        assert image.model.name == TINY_ID and "Hugging Face" in image.model.provenance
-        assert (image.width, image.height, image.steps) == (32, 32, 1)
-    finally:
-        assert service.stop() == 0, service.log_tail()
+def test_a_diffusion_pipeline_loads_by_hugging_face_id_from_the_local_cache(diffusion_services):
+    with diffusion_services["id"].channel() as channel:
+        image = image_of(generate(vision_pb2_grpc.VisionServiceStub(channel), prompt="a cat", seed=1))
+    assert image.model.name == TINY_ID and "Hugging Face" in image.model.provenance
+    assert (image.width, image.height, image.steps) == (32, 32, 1)

@@ -46,8 +46,9 @@ class VisionSettings(ServiceSettings):
     image_generation_model: str = Field(PICTURE_LIBRARY, description="'picture-library' (captioned pictures "
                                         "retrieved by meaning and restyled), a diffusers pipeline by local path or "
                                         "Hugging Face id in the local cache, or '' for none")
-    picture_folders: str = Field("", description="Comma-separated folders of PNG/JPEG pictures the picture library "
-                                 "adds to its built-in ones, captioned by captions.json, a sidecar .txt or the file name")
+    picture_folders: str = Field("", description="Comma-separated folders of PNG/JPEG pictures the picture "
+                                 "library adds to its built-in ones, captioned by captions.json, a sidecar .txt or "
+                                 "the file name")
     generation_max_batch_size: int = Field(8, ge=1, description="Image requests per execution of the generation model")
     generation_max_queue_delay_ms: float = Field(5.0, ge=0, description="Longest an image request waits for others "
                                                  "to fill its batch")
