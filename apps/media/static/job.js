@@ -14,6 +14,7 @@
   const files = root.dataset.files;
   const sceneFile = (index, suffix) => `${files}/scene-${String(index).padStart(2, "0")}.${suffix}`;
   const fixed = (value, digits = 1) => Number(value).toFixed(digits);
+  const known = (value) => value !== null && value !== undefined;
 
   function setText(element, text) {
     if (element && element.textContent !== text) element.textContent = text;
@@ -47,11 +48,10 @@
     setText(card.querySelector('[data-field="index"]'), String(scene.index));
     setText(card.querySelector('[data-field="text"]'), scene.text);
     setText(card.querySelector('[data-field="narration"]'),
-            scene.narration_s === null || scene.narration_s === undefined ? "" : `${fixed(scene.narration_s)} s narrated`);
+            known(scene.narration_s) ? `${fixed(scene.narration_s)} s narrated` : "");
     const source = scene.picture_source;
     setText(card.querySelector('[data-field="caption"]'), source
-      ? `picture: “${source.caption}”` + (source.similarity === null || source.similarity === undefined
-        ? "" : ` (similarity ${fixed(source.similarity, 2)})`)
+      ? `picture: “${source.caption}”` + (known(source.similarity) ? ` (similarity ${fixed(source.similarity, 2)})` : "")
       : "");
     const picture = card.querySelector('[data-field="picture"]');
     picture.alt = source ? source.caption : "";
