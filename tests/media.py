@@ -96,7 +96,7 @@ def start_media_app(pki, tmp: Path, services: dict[str, ServiceProcess], **setti
     http_port = free_port()
     data_dir = Path(settings.pop("data_dir", tmp / "media-data"))
     app = start_service("apps.media", pki, tmp, "media", http_port=http_port, data_dir=data_dir,
-                        **service_addresses(services), **(APP_SETTINGS | settings))
+                        **(service_addresses(services) | APP_SETTINGS | settings))
     media = MediaApp(app, f"http://127.0.0.1:{http_port}", data_dir)
     try:
         wait_for(media.answers, timeout=30, interval=0.1)
@@ -106,16 +106,16 @@ def start_media_app(pki, tmp: Path, services: dict[str, ServiceProcess], **setti
     return media
 
 
-def restart_service(service: ServiceProcess, module: str, pki, tmp: Path, workload: str, **settings) -> ServiceProcess:
-    """A service started again on the port it had (its clients reconnect to the same address)."""
-    restarted = launch(module, pki, tmp, workload, **(SERVICE_SETTINGS | settings | {"grpc_port": service.port}))
-    restarted.port = service.port   # launch picked another free port; the process listens on this one
+def start_service_on_port(port: int, module: str, pki, tmp: Path, workload: str, **settings) -> ServiceProcess:
+    """A service on a given port: one started again where its clients already look for it."""
+    service = launch(module, pki, tmp, workload, **(SERVICE_SETTINGS | settings | {"grpc_port": port}))
+    service.port = port   # launch picked another free port; the process listens on this one
     try:
-        restarted.wait_serving()
+        service.wait_serving()
     except BaseException:
-        restarted.stop(5)
+        service.stop(5)
         raise
-    return restarted
+    return service
 
 
 _SHARED: dict[str, MediaStack] = {}
