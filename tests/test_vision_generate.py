@@ -337,7 +337,7 @@ def test_a_diffusion_pipeline_is_deterministic_by_seed_and_has_a_default_size(di
 @pytest.mark.slow
 def test_a_cancelled_call_stops_the_denoising(diffusion, diffusion_service):
     call = diffusion.GenerateImage(vision_pb2.GenerateImageRequest(
-        prompt="a long generation", width=128, height=128, steps=100, seed=1), timeout=120)   # ~0.1 s a step
+        prompt="a long generation", width=192, height=192, steps=100, seed=1), timeout=120)   # ~0.1-0.3 s a step
     for reply in call:
         if reply.progress.stage == "denoising" and reply.progress.step >= 2:
             break
@@ -349,6 +349,15 @@ def test_a_cancelled_call_stops_the_denoising(diffusion, diffusion_service):
     assert 2 <= stopped["step"] < 100 and stopped["steps"] == 100
     assert time.monotonic() - cancelled_at < 5
     assert image_of(generate(diffusion, prompt="the next call", width=64, height=64)).steps == 4
+
+
+@pytest.mark.slow
+def test_a_call_past_its_deadline_fails_and_stops_the_denoising(diffusion, diffusion_service):
+    interrupted = diffusion_service.log().count('"image generation interrupted"')
+    with pytest.raises(grpc.RpcError) as late:
+        generate(diffusion, timeout=1.5, prompt="too slow for its deadline", width=192, height=192, steps=100)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(lambda: diffusion_service.log().count('"image generation interrupted"') > interrupted, timeout=10)
 
 
 @pytest.mark.slow

@@ -127,6 +127,7 @@ class ImageGenerator:
             loop.call_soon_threadsafe(events.put_nowait, Progress(stage, step, total))
 
         work = asyncio.ensure_future(self.served.infer([GenerationRow(spec, report, cancelled.is_set)], context))
+        event = None
         try:
             yield Progress("queued", 0, spec.steps)
             while not work.done():
@@ -134,8 +135,6 @@ class ImageGenerator:
                 await asyncio.wait({event, work}, return_when=asyncio.FIRST_COMPLETED)
                 if event.done():
                     yield event.result()
-                else:
-                    event.cancel()
             while not events.empty():
                 yield events.get_nowait()
             [picture] = work.result()
@@ -143,6 +142,8 @@ class ImageGenerator:
         finally:
             cancelled.set()
             work.cancel()
+            if event is not None:
+                event.cancel()
 
 
 # -- the picture library ----------------------------------------------------------------------------
