@@ -17,8 +17,8 @@ from services.runtime.served_model import ServedModel
 from services.runtime.tensors import encode_tensor
 from services.vision.image_generation import GeneratedPicture, ImageGenerator, ImageSpec
 from services.vision.images import ImageLimits, encode_png, image_rgb
-from services.vision.picture_styles import STYLES
 from services.vision.inspection import Inspection
+from services.vision.picture_styles import STYLES
 from services.vision.segmentation import SegmentedStudy, StudyAdmission, StudySegmenter
 from services.vision.study_stream import (StudyUpload, check_header, decode_study, encode_labels, label_chunks,
                                           label_format_of)
