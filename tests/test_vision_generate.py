@@ -335,6 +335,27 @@ def test_a_diffusion_pipeline_is_deterministic_by_seed_and_has_a_default_size(di
 
 
 @pytest.mark.slow
+def test_concurrent_diffusion_requests_with_equal_options_are_denoised_together(diffusion, diffusion_service):
+    def batches() -> tuple[float, float]:   # (rows, executions)
+        text = diffusion_service.metrics()
+        return (metric(text, "modalmesh_batch_size_sum", model="tiny-stable-diffusion"),
+                metric(text, "modalmesh_batch_size_count", model="tiny-stable-diffusion"))
+
+    alone = pixels_of(image_of(generate(diffusion, prompt="a boat 1", width=64, height=64, steps=20, seed=21)))
+    before = batches()
+    asks = [dict(prompt=f"a boat {i}", width=64, height=64, steps=20, seed=20 + i) for i in range(6)]
+    asks.append(dict(prompt="a wide boat", width=96, height=64, steps=20, seed=5))   # its own group
+    with ThreadPoolExecutor(len(asks)) as pool:
+        images = list(pool.map(lambda ask: image_of(generate(diffusion, **ask)), asks))
+    rows, executions = (after - first for after, first in zip(batches(), before))
+    assert rows == len(asks) and executions < len(asks), (rows, executions)
+    assert [(i.width, i.height) for i in images] == [(64, 64)] * 6 + [(96, 64)]
+    # Each row has its own generator: in a batch, the seed still decides the picture (to rounding).
+    assert np.abs(pixels_of(images[1]).astype(int) - alone).max() <= 2
+    assert np.abs(pixels_of(images[2]).astype(int) - alone).max() > 2   # another seed: another picture
+
+
+@pytest.mark.slow
 def test_a_cancelled_call_stops_the_denoising(diffusion, diffusion_service):
     call = diffusion.GenerateImage(vision_pb2.GenerateImageRequest(
         prompt="a long generation", width=192, height=192, steps=100, seed=1), timeout=120)   # ~0.1-0.3 s a step
