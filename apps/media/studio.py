@@ -86,9 +86,10 @@ class Studio:
         if job.finished:
             raise JobStateError(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled")
         if job_id in self._running:
-            self._cancelling.add(job_id)
             task = self._running[job_id]
-            task.cancel()
+            if job_id not in self._cancelling:   # once: a second cancel would interrupt the first's bookkeeping
+                self._cancelling.add(job_id)
+                task.cancel()
             await asyncio.wait([task], timeout=CANCEL_WAIT_S)
             return job
         if job_id in self._queue:
@@ -165,6 +166,8 @@ class Studio:
             try:
                 await self._queue_moved()
                 await asyncio.wait([task])   # a cancelled job ends its task, never this worker
+                if job.job_id in self._cancelling and not job.finished:   # cancelled before its task began
+                    await self._finish(job, CANCELLED)
             except asyncio.CancelledError:   # draining: the job goes back to the queue for the next process
                 task.cancel()
                 await asyncio.wait([task])
