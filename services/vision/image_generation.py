@@ -135,6 +135,8 @@ class ImageGenerator:
                 await asyncio.wait({event, work}, return_when=asyncio.FIRST_COMPLETED)
                 if event.done():
                     yield event.result()
+                else:
+                    event.cancel()   # the work ended first: what it reported is still in the queue
             while not events.empty():
                 yield events.get_nowait()
             [picture] = work.result()
