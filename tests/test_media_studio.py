@@ -19,6 +19,7 @@ from apps.media.options import JobOptions
 from apps.twins import open_database
 from tests.media import (MediaApp, free_port, media_stack, start_media_app,  # noqa: F401 - fixture
                          start_service_on_port)
+from tests.support import metric, wait_for
 
 STAGES = (("story",), ("narration", "pictures"), ("music",), ("video",))
 SCENE_FILES = ("scene-{:02d}.wav", "scene-{:02d}.png")
@@ -36,7 +37,9 @@ def events(media: MediaApp, job_id: str, into: list, timeout: float = 180) -> th
                     kind = line[len("event: "):]
                 elif line.startswith("data: ") and kind == "job":
                     into.append(json.loads(line[len("data: "):]))
+        reader.ended = True   # the server ended the stream whole
     reader = threading.Thread(target=read, daemon=True)
+    reader.ended = False
     reader.start()
     return reader
 
@@ -48,6 +51,13 @@ def assert_steps_in_order(job: dict) -> None:
         if any(states[name] != "pending" for name in STAGES[later]):
             earlier = [name for stage in STAGES[:later] for name in stage]
             assert all(states[name] == "done" for name in earlier), (job["version"], states)
+
+
+def decode_steps(text) -> tuple[float, float]:
+    """The text service's decode steps so far: all of them, and those of a single sequence."""
+    metrics = text.metrics()
+    return (metric(metrics, "modalmesh_generation_decode_batch_size_count"),
+            metric(metrics, "modalmesh_generation_decode_batch_size_bucket", le="1.0"))
 
 
 def assert_done_with_files(media: MediaApp, job: dict) -> None:
@@ -70,7 +80,7 @@ def test_a_job_runs_every_step_in_order_and_keeps_its_files(media_stack):
     reader = events(media_stack, job["job_id"], seen)
     job = media_stack.wait_job(job["job_id"])
     reader.join(10)
-    assert not reader.is_alive(), "the event stream did not end with the job"
+    assert reader.ended, "the event stream did not end with the job"
     assert_done_with_files(media_stack, job)
 
     # The stream told every change in order, and ended with the finished job.
@@ -124,12 +134,17 @@ def test_a_job_runs_every_step_in_order_and_keeps_its_files(media_stack):
 def test_four_jobs_at_once_all_complete(media_stack):
     prompts = ["a robot in a harbour", "an owl who is afraid of the dark", "a turtle on a long journey to the sea",
                "Tell me a story about a dragon who finds a map in a cave."]
+    text = media_stack.services["text"]
+    before = decode_steps(text)
     jobs = [media_stack.submit(prompt=prompt, scenes=2, seed=i, music=i % 2 == 0) for i, prompt in enumerate(prompts)]
     finished = [media_stack.wait_job(job["job_id"], timeout=300) for job in jobs]
     for job in finished:
         assert_done_with_files(media_stack, job)
-    # They ran side by side: each started before any of them finished.
+    # They ran side by side: each started before any of them finished, and their stories were decoded
+    # together in the text service (decode steps of more than one sequence).
     assert max(job["started_ms"] for job in finished) < min(job["finished_ms"] for job in finished)
+    after = decode_steps(text)
+    assert after[0] - before[0] > after[1] - before[1], (before, after)
     with_music = [job["steps"][3]["detail"] != "off" for job in finished]
     assert with_music == [True, False, True, False]
     assert [media_stack.file(job["job_id"], "music.wav").exists() for job in finished] == with_music
@@ -222,10 +237,15 @@ def test_a_stopped_or_killed_app_loses_no_job(pki, media_stack, tmp_path):
     jobs = [media.submit(prompt=prompt, scenes=2, seed=i) for i, prompt in
             enumerate(["a mouse who helps a lost bird in the garden", "a small boat on a quiet lake"])]
     first = jobs[0]["job_id"]
+    seen: list[dict] = []
     try:
         media.wait_job(first, until=lambda job: job["steps"][1]["state"] != "pending")
+        reader = events(media, first, seen)
+        wait_for(lambda: seen, timeout=10)
     finally:
         assert media.app.stop(20) == 0, media.app.log_tail()
+    reader.join(5)
+    assert reader.ended, "draining did not end the event stream"
     store = JobStore(open_database(f"sqlite:///{media.data_dir / 'media.sqlite3'}"))
     assert [store.load(job["job_id"]).state for job in jobs] == ["queued", "queued"]
     assert store.load(first).interruptions == 0
