@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 
+from inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modalmesh.launch import launch
 from modalmesh.v1 import vision_pb2, vision_pb2_grpc
 from services.runtime.errors import FailedPrecondition, bad_request_of
@@ -222,6 +223,16 @@ def test_every_problem_of_a_request_is_named_at_once(library):
 
 def test_tabs_and_line_breaks_are_white_space_not_control_characters(library):
     assert image_of(generate(library, prompt="a cup\tof coffee\r\non the table")).source.picture_id == "skimage:coffee"
+
+
+def test_the_open_inference_protocol_lists_the_model_and_points_to_generate_image(library_service):
+    with library_service.channel() as channel:
+        inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert inference.ModelReady(grpc_service_pb2.ModelReadyRequest(name="picture-library"), timeout=10).ready
+        with pytest.raises(grpc.RpcError) as refused:
+            inference.ModelInfer(grpc_service_pb2.ModelInferRequest(model_name="picture-library"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "GenerateImage" in refused.value.details()
 
 
 def test_without_a_generation_model_the_call_fails_as_a_precondition():

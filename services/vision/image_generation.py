@@ -31,6 +31,7 @@ import torch
 
 from services.runtime.adapter import ModelAdapter, ModelDescription
 from services.runtime.devices import configure_threads, pick_device, pick_dtype
+from services.runtime.errors import FailedPrecondition
 from services.runtime.pretrained import local_source, quiet_transformers
 from services.runtime.served_model import ServedModel
 from services.text.embedding_model import PACKAGED_NAME, SentenceEmbedder
@@ -105,6 +106,12 @@ class ImageModel(ModelAdapter):
 
     @abstractmethod
     def resolve(self, spec: ImageSpec) -> ImageSpec: ...
+
+    def rows_from_tensors(self, tensors: dict[str, np.ndarray]) -> list[GenerationRow]:
+        """A prompt, options and a picture are no tensors: the Open Inference Protocol lists the model, and
+        ModelInfer says where to ask instead of failing as an internal error."""
+        raise FailedPrecondition(f"{type(self).__name__} takes no tensors: call "
+                                 "modalmesh.v1.VisionService/GenerateImage")
 
 
 class ImageGenerator:
