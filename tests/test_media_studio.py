@@ -104,6 +104,9 @@ def test_a_job_runs_every_step_in_order_and_keeps_its_files(media_stack):
     narration_s = sum(scene["narration_s"] for scene in job["scenes"])
     assert narration_s < job["video"]["duration_s"] < narration_s + 0.5 * len(job["scenes"]) + 0.5
 
+    # The log names the job, never what it is about.
+    assert job["job_id"] in media_stack.app.log() and "lantern" not in media_stack.app.log()
+
     # Every model is named with its provenance.
     assert set(job["models"]) == {"story", "narration", "pictures"}
     for model in job["models"].values():
