@@ -315,6 +315,8 @@ class DiffusionModel(ImageModel):
         else from the pipeline's own call defaults."""
         signature = inspect.signature(self.pipeline.__call__).parameters
         self._parameters = set(signature)
+        if "callback_on_step_end" not in signature:   # progress and cancellation need it
+            raise ValueError(f"{type(self.pipeline).__name__} takes no callback_on_step_end: not servable here")
         denoiser = getattr(self.pipeline, "unet", None) or getattr(self.pipeline, "transformer", None)
         sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
         sample = sample[0] if isinstance(sample, (list, tuple)) else sample
