@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import os
 import re
 import secrets
@@ -28,8 +27,6 @@ from apps.clients import Availability
 from apps.media import music, video
 from apps.media.jobs import CANCELLED, DONE, FAILED, RUNNING, Job, Scene, Step
 from modalmesh.v1 import audio_pb2, text_pb2, vision_pb2
-
-log = logging.getLogger(__name__)
 
 FIRST_RETRY_S = 0.5   # after UNAVAILABLE; each retry waits twice as long as the one before
 MAX_STORY_TOKENS = 300   # the storyteller's stories are 60 to 200; a scene's text stays within Synthesize's limit
@@ -235,9 +232,12 @@ class Pipeline:
             return
         if not path.exists():
             narrations = [run.folder / scene_file(scene, "wav") for scene in run.job.scenes]
-            duration_s = video.planned_duration_s(narrations, self.settings.video)
-            samples = await asyncio.to_thread(music.music_bed, duration_s, options.style, options.seed,
-                                              MUSIC_SAMPLE_RATE)
+            try:
+                duration_s = video.planned_duration_s(narrations, self.settings.video)
+                samples = await asyncio.to_thread(music.music_bed, duration_s, options.style, options.seed,
+                                                  MUSIC_SAMPLE_RATE)
+            except ValueError as error:   # an unreadable narration, or a video longer than a music bed can be
+                raise StepFailed("music", "MUSIC_FAILED", str(error)) from None
             await asyncio.to_thread(music.write_wav, path, samples, MUSIC_SAMPLE_RATE)   # whole or absent
         step.done, step.detail = 1, f"{soundfile.info(str(path)).duration:.1f} s"
 
