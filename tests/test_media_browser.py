@@ -107,7 +107,9 @@ def test_a_prompt_becomes_a_video_that_plays_with_timed_subtitles(one_at_a_time,
 
         track = page.evaluate("() => { const t = document.querySelector('#video').textTracks[0];"
                               " return {kind: t.kind, mode: t.mode}; }")
-        assert track == {"kind": "subtitles", "mode": "showing"}   # the default track, on without asking
+        # Subtitles burned into the frames (the default): the track is loaded but not drawn over them again.
+        expected_mode = "hidden" if job["video"]["burned_subtitles"] else "showing"
+        assert track == {"kind": "subtitles", "mode": expected_mode}
         page.wait_for_function("() => (document.querySelector('#video').textTracks[0].cues || []).length > 0")
         cues = page.evaluate(CUES)
         expected_s = _check_cues_follow_the_narrations(cues, job["scenes"])

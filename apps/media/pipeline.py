@@ -266,7 +266,7 @@ class Pipeline:
             await asyncio.wait([work], timeout=10)
             raise
         job.video = {"duration_s": round(made.duration_s, 3), "width": options.width, "height": options.height,
-                     "bytes": made.video.stat().st_size}
+                     "bytes": made.video.stat().st_size, "burned_subtitles": options.burn_subtitles}
         step.detail = f"{made.duration_s:.1f} s of video"
 
     # -- calls ---------------------------------------------------------------------------------------

@@ -104,8 +104,21 @@
                     String(Math.round(job.video.duration_s) % 60).padStart(2, "0");
     setText($("video-facts"), `${minutes} · ${job.video.width}×${job.video.height} · ` +
                               `${fixed(job.video.bytes / 1048576)} MiB`);
-    $("player").replaceChildren($("video-template").content.cloneNode(true));
+    const player = $("video-template").content.cloneNode(true);
+    if (job.video.burned_subtitles) player.querySelector("track").removeAttribute("default");
+    $("player").replaceChildren(player);
     section.hidden = false;
+    loadBurnedTrack();
+  }
+
+  // Subtitles drawn into the frames: their track is not drawn again, but "hidden" (not "disabled") still
+  // loads its cues, for scripts and assistive technology; the player's menu can show it.
+  function loadBurnedTrack() {
+    const video = $("video");
+    const track = video && video.querySelector("track");
+    if (track && !track.hasAttribute("default") && video.textTracks[0].mode === "disabled") {
+      video.textTracks[0].mode = "hidden";
+    }
   }
 
   function render(job) {
@@ -149,4 +162,5 @@
 
   // A finished job's page is already whole; a retried one is followed again after the form's redirect.
   if (!FINISHED.includes(root.dataset.state)) follow();
+  loadBurnedTrack();
 })();
