@@ -159,9 +159,11 @@ class ImageGenerator:
 
 class PictureLibraryModel(ImageModel):
     def __init__(self, folders: Sequence[Path] = (), limits: ImageLimits = ImageLimits(), device: str = "auto",
-                 threads: int = 0, instances: int = 1, embedding_model: str = PACKAGED_NAME):
+                 threads: int = 0, instances: int = 1, embedding_model: str = PACKAGED_NAME,
+                 painted_scenes: bool = True):
         self.folders = tuple(Path(f) for f in folders)
         self.limits = limits
+        self.painted_scenes = painted_scenes
         self.embedder = SentenceEmbedder(embedding_model, device=device, threads=threads, instances=instances)
         self.pictures: list[Picture] = []
         self.phrasing_vectors = np.zeros((0, 0), np.float32)
@@ -170,13 +172,15 @@ class PictureLibraryModel(ImageModel):
 
     def load(self) -> None:
         self.embedder.load()
-        self.pictures = library_pictures(self.folders, self.limits)
+        self.pictures = library_pictures(self.folders, self.limits, self.painted_scenes)
         if not self.pictures:
             raise RuntimeError("the picture library is empty: every picture was skipped (see the log)")
         phrasings = [text for p in self.pictures for text in p.phrasings]
         self.picture_starts = np.cumsum([0] + [len(p.phrasings) for p in self.pictures[:-1]])
-        self.phrasing_vectors = np.concatenate([self._embed(phrasings[i:i + EMBEDDING_CHUNK])
-                                                for i in range(0, len(phrasings), EMBEDDING_CHUNK)])
+        distinct, where = np.unique(phrasings, return_inverse=True)   # painted scenes share theirs between lights
+        distinct = distinct.tolist()
+        self.phrasing_vectors = np.concatenate([self._embed(distinct[i:i + EMBEDDING_CHUNK])
+                                                for i in range(0, len(distinct), EMBEDDING_CHUNK)])[where]
         encoder = self.embedder.describe()
         self._description = ModelDescription(
             name=PICTURE_LIBRARY, version=library_digest(self.pictures),

@@ -49,6 +49,8 @@ class VisionSettings(ServiceSettings):
     picture_folders: str = Field("", description="Comma-separated folders of PNG/JPEG pictures the picture "
                                  "library adds to its built-in ones, captioned by captions.json, a sidecar .txt or "
                                  "the file name")
+    painted_scenes: bool = Field(True, description="Whether the picture library holds its painted storybook "
+                                 "scenes of the storyteller's places besides its photographs")
     generation_max_batch_size: int = Field(8, ge=1, description="Image requests per execution of the generation model")
     generation_max_queue_delay_ms: float = Field(5.0, ge=0, description="Longest an image request waits for others "
                                                  "to fill its batch")
@@ -82,7 +84,7 @@ def generation_registry() -> ModelRegistry:
     def picture_library(settings: VisionSettings, limits: ImageLimits) -> PictureLibraryModel:
         folders = [Path(f.strip()).expanduser() for f in settings.picture_folders.split(",") if f.strip()]
         return PictureLibraryModel(folders, limits, device=settings.device, threads=settings.model_threads,
-                                   instances=settings.model_instances)
+                                   instances=settings.model_instances, painted_scenes=settings.painted_scenes)
 
     registry = ModelRegistry(fallback=diffusion)
     registry.register(PICTURE_LIBRARY, picture_library)

@@ -38,7 +38,7 @@ INDOORS = ("day",)
 class Place:
     slug: str                        # "snowy-forest": the scene ids are "painted:<slug>-<light>"
     shows: str                       # what the painting shows, for the caption
-    phrasings: tuple[str, ...]       # other ways of asking for the place, each said in every light
+    phrasings: tuple[str, ...]       # other ways of asking for the place, the first two also said with the light
     recipe: Callable[[Painter], None]
     lights: tuple[str, ...] = OUTDOORS
 
@@ -325,7 +325,8 @@ def jungle(p: Painter) -> None:
             if layer < 2 and 560 < x < 720:
                 continue
             round_tree(p, x + p.rng.uniform(-20, 20), base, p.rng.uniform(140, 240), colour)
-    p.line(np.array([[0, 470], [300, 440], [620, 420], [900, 470], [WIDTH, 460]]), (110, 90, 50), 30)   # the muddy river
+    river = np.array([[0, 470], [300, 440], [620, 420], [900, 470], [WIDTH, 460]])
+    p.line(river, (110, 90, 50), 30)                                  # the muddy river
     for x in np.linspace(30, WIDTH - 30, 14):                        # hanging vines
         p.line(np.array([[x, 0], [x + p.rng.uniform(-15, 15), p.rng.uniform(90, 220)]]), (40, 120, 40), 3)
 
@@ -481,77 +482,82 @@ def lighthouse(p: Painter) -> None:
 PLACES = (
     Place("snowy-forest", "tall pine trees in deep snow around a frozen pond, a fallen log and snowy hills",
           ("a snowy forest", "pine trees in the snow in winter", "a frozen pond in the woods",
-           "a cold winter forest with snow on the trees"), snowy_forest),
+           "a snowy forest where the pine trees stood tall and silent"), snowy_forest),
     Place("harbour", "boats on the water by a long wooden pier, a red lighthouse and an old boathouse",
           ("a harbour with boats", "a port with a pier and fishing boats", "a red lighthouse by the harbour",
-           "boats rocking on the water at the quay"), harbour),
+           "a harbour where the boats rocked gently on the water"), harbour),
     Place("sunny-meadow", "tall green grass, wild flowers, a big oak tree, a little stream and a stone wall",
           ("a sunny meadow", "a green field of grass and wild flowers", "a big oak tree in a meadow",
-           "a little stream in the countryside"), sunny_meadow),
+           "a sunny meadow where the grass grew tall and green"), sunny_meadow),
     Place("mountain-village", "houses with red roofs and smoking chimneys below snowy mountains, a stone bridge "
-          "and a village well", ("a mountain village", "a village in the mountains", "red-roofed houses with "
-                                 "chimneys", "a little alpine village with a stone bridge"), mountain_village),
+          "and a village well",
+          ("a mountain village", "a village in the mountains", "red-roofed houses with chimneys",
+           "a mountain village where the houses had red roofs and smoking chimneys"), mountain_village),
     Place("old-castle", "an old stone castle with tall towers, walls and a great gate on a hill",
           ("an old castle", "a castle with tall towers", "a medieval castle on a hill",
-           "the castle gate and its stone walls"), old_castle),
+           "an old castle where the towers touched the clouds"), old_castle),
     Place("busy-city", "a city skyline with tall buildings, a clock tower, a street with lamps and a park",
           ("a busy city", "a city street with tall buildings", "a town with a tall clock tower",
-           "skyscrapers and city lights"), busy_city),
+           "a busy city where the streets were full of people"), busy_city),
     Place("quiet-library", "tall bookshelves full of books, a big wooden desk, a reading lamp and a window seat",
           ("a quiet library", "shelves full of books", "a reading room with books and a desk",
-           "a room full of old books"), quiet_library, INDOORS),
+           "a quiet library where the shelves were full of books"), quiet_library, INDOORS),
     Place("desert-town", "golden sand dunes, clay houses, market stalls, an old well and a water tower",
           ("a desert town", "sand dunes in the desert", "a dusty town in the hot desert",
-           "a water tower in the sand"), desert_town),
+           "a desert town where the sand glowed gold in the sun"), desert_town),
     Place("river-valley", "a wide river winding between green hills, an old mill with its wheel, a wooden bridge "
           "and a willow", ("a river valley", "a river between the hills", "an old mill by a river",
-                           "a willow tree on the river bank"), river_valley),
+                           "a river valley where a wide river wound between the hills"), river_valley),
     Place("deep-cave", "a dark cave with glowing crystals on the rock walls and an underground lake",
           ("a deep cave", "glowing crystals in a cave", "an underground lake in a cavern",
-           "a dark tunnel under the ground"), deep_cave, INDOORS),
+           "a deep cave where crystals sparkled on the walls"), deep_cave, INDOORS),
     Place("apple-orchard", "rows of apple trees heavy with red apples, a barn, a wooden gate and baskets",
           ("an apple orchard", "apple trees full of red apples", "an orchard with fruit trees",
-           "picking apples in an orchard"), apple_orchard),
+           "an apple orchard where the trees were heavy with apples"), apple_orchard),
     Place("little-island", "a little island in the sea with a sandy beach, palm trees, rock pools and a cliff",
           ("a little island", "a tropical island with palm trees", "a sandy beach surrounded by the sea",
-           "an island in the ocean"), little_island),
+           "a little island where the sea sparkled all around"), little_island),
     Place("seaside-town", "brightly painted houses along a sea wall, a beach with umbrellas and an ice cream stall",
           ("a seaside town", "colourful houses by the sea", "a beach in a seaside town",
-           "an ice cream stall by the beach"), seaside_town),
+           "a seaside town where the houses were painted in bright colours"), seaside_town),
     Place("farm", "a red barn, a farmhouse, fields, a duck pond and sheep grazing behind a fence",
-          ("a farm", "a red barn on a farm", "sheep and cows grazing in the fields", "a farmyard with a duck pond"),
+          ("a farm", "a red barn on a farm", "sheep and cows grazing in the fields",
+           "a farm where cows and sheep grazed in the fields"),
           farm),
     Place("train-station", "a railway station with a big clock, a platform, tracks and a train",
           ("a train station", "a railway platform with a train", "trains at the station",
-           "a station with a big clock and a ticket office"), train_station),
+           "a train station where trains came and went all day"), train_station),
     Place("jungle", "a thick green jungle of tall trees and hanging vines, a waterfall and a muddy river",
-          ("a jungle", "a tropical rainforest", "a waterfall in the jungle", "vines hanging from tall trees"),
+          ("a jungle", "a tropical rainforest", "a waterfall in the jungle",
+           "a jungle where parrots called from the trees"),
           jungle),
     Place("swamp", "a misty swamp of dark water with lily pads, tall reeds, an old log and dead trees",
           ("a swamp", "a marsh with reeds and lily pads", "a misty bog with murky water",
-           "a wetland where frogs sing"), swamp),
+           "a swamp where frogs sang all night long"), swamp),
     Place("garden", "a garden with flowers, rose bushes, a vegetable patch, a little pond and a shed",
           ("a garden", "a flower garden with roses", "a vegetable patch in a back garden",
-           "a garden shed and a little pond"), garden),
+           "a garden where bees buzzed among the flowers"), garden),
     Place("market-square", "a town square with a fountain, striped market stalls of fruit and toys, and the "
           "town hall", ("a market square", "a fountain in the town square", "a market with fruit stalls",
-                        "the town hall on the square"), market_square),
+                        "a market square where people sold bread, fruit and flowers"), market_square),
     Place("space-station", "the inside of a space station: a big round window onto the stars and the blue "
           "Earth, panels of lights", ("a space station", "a spaceship window looking at the Earth",
-                                      "the control room of a space station", "stars seen from orbit"),
+                                      "the control room of a space station",
+                                      "a space station where the stars shone in every window"),
           space_station, ("night",)),
     Place("bakery", "a warm bakery with a big brick oven glowing, bread on the counter and flour sacks",
-          ("a bakery", "fresh bread in a bakery", "a baker's oven", "loaves of bread on a shop counter"),
+          ("a bakery", "fresh bread in a bakery", "a baker's oven", "a bakery where the ovens were always warm"),
           bakery, INDOORS),
     Place("snowy-mountain", "high snowy mountain peaks, an icy path, a mountain hut and pine trees",
           ("a snowy mountain", "the summit of a high mountain in the snow", "a mountain hut on an icy path",
-           "climbing a cold mountain"), snowy_mountain),
+           "a snowy mountain where the wind was always cold"), snowy_mountain),
     Place("little-school", "a little school with a bell tower, a playground with swings and a big tree in the yard",
-          ("a little school", "a school playground", "a village schoolhouse", "a classroom building with a yard"),
+          ("a little school", "a school playground", "a village schoolhouse",
+           "a little school where children laughed and played"),
           little_school),
     Place("lighthouse", "a tall striped lighthouse on the rocks by the sea, with a lamp room and a little kitchen",
           ("a lighthouse", "a lighthouse on the rocks by the sea", "the lamp of a lighthouse over the waves",
-           "a coastal lighthouse tower"), lighthouse),
+           "a lighthouse that stood on the rocks by the sea"), lighthouse),
 )
 
 _LIGHT_NAMES = {"day": "by day", "dusk": "at dusk", "night": "at night"}
@@ -568,8 +574,10 @@ def _scene(place: Place, light: str) -> Scene:
     noun = place.phrasings[0]
     when = "" if one_light else f" {LIGHTS[light].words}"
     caption = f"A storybook painting of {noun}{when}: {place.shows}"
-    said = place.phrasings if one_light else tuple(f"{text} {_LIGHT_NAMES[light]}" for text in place.phrasings)
-    return Scene(scene_id, caption, (caption, *said), place, light)
+    # The place said plainly ties every light of it (the seed picks one); said with its light, it wins for
+    # a prompt that names the light.
+    lit = () if one_light else tuple(f"{text} {_LIGHT_NAMES[light]}" for text in place.phrasings[:2])
+    return Scene(scene_id, caption, (caption, *place.phrasings, *lit), place, light)
 
 
 def paint(scene: Scene) -> np.ndarray:

@@ -236,7 +236,8 @@ def round_tree(p: Painter, x: float, base: float, height: float, colour: RGB = (
 
 def palm(p: Painter, x: float, base: float, height: float) -> None:
     top = np.array([x + height * 0.15, base - height])
-    p.line(np.array([[x, base], [x + height * 0.08, base - height * 0.5], top]), (110, 80, 50), max(3, int(height * 0.05)))
+    trunk = np.array([[x, base], [x + height * 0.08, base - height * 0.5], top])
+    p.line(trunk, (110, 80, 50), max(3, int(height * 0.05)))
     for angle in np.linspace(0.2, np.pi - 0.2, 6):
         tip = top + np.array([np.cos(angle) * height * 0.45, -np.sin(angle) * height * 0.2 + height * 0.12])
         p.line(np.array([top, (top + tip) / 2 - [0, height * 0.05], tip]), (40, 130, 50), max(3, int(height * 0.04)))

@@ -2,8 +2,10 @@
 
 Built in: photographs that ship inside the scikit-image wheel, each with a caption written here (what the
 picture shows, in a few phrasings, so that several ways of asking find it) and its credit as scikit-image's
-documentation states it. Users add folders (MODALMESH_PICTURE_FOLDERS): every PNG or JPEG at a folder's top
-level, captioned by the folder's captions.json, else by a sidecar text file, else by its file name.
+documentation states it; and painted storybook scenes of the storyteller's places (painted_scenes.py),
+painted on first use (MODALMESH_PAINTED_SCENES=false leaves them out). Users add folders
+(MODALMESH_PICTURE_FOLDERS): every PNG or JPEG at a folder's top level, captioned by the folder's
+captions.json, else by a sidecar text file, else by its file name.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ import numpy as np
 
 from services.runtime.errors import InvalidArgument
 from services.vision.images import ImageLimits, decode
+from services.vision.painted_scenes import CREDIT as PAINTED_CREDIT
+from services.vision.painted_scenes import Scene, paint, recipes_digest, scenes
+from services.vision.painting import HEIGHT as PAINTED_HEIGHT
+from services.vision.painting import WIDTH as PAINTED_WIDTH
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +38,17 @@ CAPTIONS_FILE = "captions.json"
 
 @dataclass(frozen=True)
 class Picture:
-    picture_id: str                # "skimage:rocket", "<folder name>:<file name>"
+    picture_id: str                # "skimage:rocket", "painted:harbour-night", "<folder name>:<file name>"
     caption: str                   # what responses show
     phrasings: tuple[str, ...]     # the caption and other ways to say it: all embedded for retrieval
     credit: str
-    path: Path
-    size_bytes: int
+    path: Path | None              # the picture's file; None for a painted scene
+    size_bytes: int                # the file's size; 0 for a painted scene
+    scene: Scene | None = None     # a painted scene: painted when first used
 
     def pixels(self, limits: ImageLimits) -> np.ndarray:
-        """RGB uint8 [H, W, 3]; the last few pictures used stay decoded."""
-        return _decoded(self.path, limits)
+        """RGB uint8 [H, W, 3]; the last few pictures used stay decoded (or painted)."""
+        return paint(self.scene) if self.scene else _decoded(self.path, limits)
 
 
 @dataclass(frozen=True)
@@ -155,24 +162,41 @@ def folder_pictures(folder: Path, limits: ImageLimits) -> list[Picture]:
     return pictures
 
 
-def library_pictures(folders: Sequence[Path], limits: ImageLimits) -> list[Picture]:
-    return built_in_pictures(limits) + [p for folder in folders for p in folder_pictures(folder, limits)]
+def painted_pictures(limits: ImageLimits) -> list[Picture]:
+    """The painted storybook scenes (captions only: each is painted when first used), if their size is
+    within ``limits``."""
+    if PAINTED_WIDTH > limits.max_side or PAINTED_WIDTH * PAINTED_HEIGHT > limits.max_pixels:
+        log.warning("painted scenes skipped", extra={"reason": f"{PAINTED_WIDTH} x {PAINTED_HEIGHT} pixels "
+                                                               "exceed the image limits"})
+        return []
+    return [Picture(s.scene_id, s.caption, s.phrasings, PAINTED_CREDIT, None, 0, s) for s in scenes()]
+
+
+def library_pictures(folders: Sequence[Path], limits: ImageLimits, painted: bool = True) -> list[Picture]:
+    return (built_in_pictures(limits) + (painted_pictures(limits) if painted else [])
+            + [p for folder in folders for p in folder_pictures(folder, limits)])
 
 
 def library_digest(pictures: Sequence[Picture]) -> str:
-    """A short hash of what the library holds (ids, phrasings, file sizes): its version."""
+    """A short hash of what the library holds (ids, phrasings, file sizes, the painting code): its version."""
     digest = hashlib.sha256()
     for picture in pictures:
-        digest.update(json.dumps([picture.picture_id, picture.phrasings, picture.size_bytes]).encode())
+        content = recipes_digest() if picture.scene else picture.size_bytes
+        digest.update(json.dumps([picture.picture_id, picture.phrasings, content]).encode())
     return digest.hexdigest()[:12]
 
 
 def library_sources(pictures: Sequence[Picture]) -> str:
     """Where the pictures come from, for the model's provenance."""
-    folders = sorted({str(p.path.parent) for p in pictures if not p.picture_id.startswith("skimage:")})
     built_in = sum(p.picture_id.startswith("skimage:") for p in pictures)
+    painted = sum(p.scene is not None for p in pictures)
+    folders = sorted({str(p.path.parent) for p in pictures if p.path and not p.picture_id.startswith("skimage:")})
     text = f"{built_in} photographs of scikit-image {package_version('scikit-image')}"
-    return text + (f" and {len(pictures) - built_in} pictures from {', '.join(folders)}" if folders else "")
+    if painted:
+        text += (f", {painted} storybook scenes painted procedurally by services/vision/painted_scenes.py "
+                 f"(version {recipes_digest()})")
+    added = len(pictures) - built_in - painted
+    return text + (f" and {added} pictures from {', '.join(folders)}" if folders else "")
 
 
 # -- reading --------------------------------------------------------------------------------------
