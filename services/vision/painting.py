@@ -38,8 +38,8 @@ LIGHTS = {
                  (255, 250, 215), 0.16, False),
     "dusk": Light("dusk", "at dusk, under an orange sunset sky", (60, 60, 140), (255, 150, 80),
                   (0.85, 0.62, 0.55), (255, 200, 120), 0.50, True),
-    "night": Light("night", "at night, under the moon and the stars", (8, 12, 40), (35, 50, 100),
-                   (0.28, 0.34, 0.55), (245, 245, 225), 0.17, True),
+    "night": Light("night", "at night, under the moon and the stars", (14, 22, 62), (55, 75, 135),
+                   (0.42, 0.48, 0.72), (245, 245, 225), 0.17, True),
 }
 
 
