@@ -27,7 +27,7 @@ import numpy as np
 from services.vision import painting
 from services.vision.painting import (HEIGHT, LIGHTS, WIDTH, Painter, boat, clock_face, crenellations, fence,
                                       finish, flowers, glow, ground, hills, house, mountains, paint_sky, palm,
-                                      pine, round_tree, smoke, tower, water)
+                                      pine, round_tree, smoke, stars, tower, water)
 
 CREDIT = "painted by modalmesh (services/vision/painted_scenes.py), Apache-2.0"
 OUTDOORS = ("day", "dusk", "night")
@@ -80,7 +80,8 @@ def harbour(p: Painter) -> None:
         p.rect(x, 372, x + 6, 420, (95, 65, 45))
     tower(p, 820, 300, 34, 150, (220, 60, 50), (200, 40, 40))     # the red lighthouse
     p.rect(820, 230, 854, 246, (245, 245, 240))
-    glow(p, 837, 160, 22, (255, 230, 150)) if p.light.lamps_lit else None
+    if p.light.lamps_lit:
+        glow(p, 837, 160, 22, (255, 230, 150))                      # its lamp
     for x, size, hull in ((480, 30, (200, 70, 60)), (620, 24, (60, 90, 160)), (700, 40, (240, 210, 90))):
         boat(p, x, 440 + size, size, hull)
 
@@ -222,7 +223,6 @@ def deep_cave(p: Painter) -> None:
     entrance = np.array([[620, 330], [650, 160], [740, 110], [830, 170], [860, 330]])
     opening = np.zeros(p.land.shape[:2], np.uint8)
     cv2.fillPoly(opening, [entrance.astype(np.int32)], 1)
-    p.land[opening.astype(bool)] = 0
     for _ in range(30):                                               # rock faces
         x, y = p.rng.uniform(0, WIDTH), p.rng.uniform(0, HEIGHT)
         p.oval(x, y, p.rng.uniform(30, 90), p.rng.uniform(15, 40), tuple(p.rng.uniform(45, 95, 3)))
@@ -394,7 +394,7 @@ def market_square(p: Painter) -> None:
 def space_station(p: Painter) -> None:
     paint_sky(p, 1.0, clouds=0)
     p.sky[:] = np.minimum(p.sky, 40)
-    painting._stars(p)                                                   # a sky of stars, no air to blur them
+    stars(p)                                                   # a sky of stars, no air to blur them
     p.rect(0, 0, WIDTH, HEIGHT, (150, 160, 175))                        # the station's wall
     cv2.circle(p.land, (480, 240), 190, (0, 0, 0, 0), -1, cv2.LINE_AA)  # the big round window
     cv2.circle(p.land, (480, 240), 205, (90, 95, 110, 255), 16, cv2.LINE_AA)
@@ -471,7 +471,7 @@ def lighthouse(p: Painter) -> None:
     house(p, 620, 340, 70, 40, (245, 245, 240), (90, 90, 100))          # the little kitchen
     if p.light.lamps_lit:
         glow(p, 560, 110, 40, (255, 240, 170))
-        beam = np.array([[560, 100], [0, 40], [0, 170]])
+        beam = np.array([[560, 100], [0, 40], [0, 170]], np.int32)
         p.lamps.append(lambda out: cv2.fillPoly(out, [beam], (90, 85, 60), cv2.LINE_AA))
     else:
         p.rect(530, 96, 590, 124, (200, 220, 230))

@@ -125,7 +125,7 @@ def paint_sky(p: Painter, horizon: float = 0.6, clouds: int = 4) -> None:
     _blend(sky, _clouds(p, clouds, horizon), CLOUD_COLOURS[p.light.name], 0.85)
     p.sky = cv2.resize(np.clip(sky, 0, 255).astype(np.uint8), (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)
     if p.night:
-        _stars(p)
+        stars(p)
     cv2.circle(p.sky, (int(x), int(y)), radius, p.light.body, -1, cv2.LINE_AA)
     if p.night:   # the moon's shadowed side: a crescent
         cv2.circle(p.sky, (int(x + radius * 0.45), int(y - radius * 0.2)), radius, p.light.sky_top, -1, cv2.LINE_AA)
@@ -145,7 +145,8 @@ def _soft_disc(x: float, y: float, radius: float, blur: float) -> np.ndarray:
     return cv2.GaussianBlur(mask, (0, 0), blur / SKY_SCALE)
 
 
-def _stars(p: Painter) -> None:
+def stars(p: Painter) -> None:
+    """A few hundred stars, thicker towards the top of the sky."""
     count = 260
     xs, ys = p.rng.integers(0, WIDTH, count), (p.rng.random(count) ** 1.6 * HEIGHT * 0.6).astype(int)
     brightness = p.rng.uniform(120, 255, count).astype(np.uint8)

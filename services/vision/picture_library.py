@@ -25,10 +25,8 @@ import numpy as np
 
 from services.runtime.errors import InvalidArgument
 from services.vision.images import ImageLimits, decode
-from services.vision.painted_scenes import CREDIT as PAINTED_CREDIT
-from services.vision.painted_scenes import Scene, paint, recipes_digest, scenes
-from services.vision.painting import HEIGHT as PAINTED_HEIGHT
-from services.vision.painting import WIDTH as PAINTED_WIDTH
+from services.vision import painted_scenes
+from services.vision.painted_scenes import Scene, paint, recipes_digest
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +163,12 @@ def folder_pictures(folder: Path, limits: ImageLimits) -> list[Picture]:
 def painted_pictures(limits: ImageLimits) -> list[Picture]:
     """The painted storybook scenes (captions only: each is painted when first used), if their size is
     within ``limits``."""
-    if PAINTED_WIDTH > limits.max_side or PAINTED_WIDTH * PAINTED_HEIGHT > limits.max_pixels:
-        log.warning("painted scenes skipped", extra={"reason": f"{PAINTED_WIDTH} x {PAINTED_HEIGHT} pixels "
-                                                               "exceed the image limits"})
+    width, height = painted_scenes.WIDTH, painted_scenes.HEIGHT
+    if width > limits.max_side or width * height > limits.max_pixels:
+        log.warning("painted scenes skipped", extra={"reason": f"{width} x {height} pixels exceed the image limits"})
         return []
-    return [Picture(s.scene_id, s.caption, s.phrasings, PAINTED_CREDIT, None, 0, s) for s in scenes()]
+    return [Picture(s.scene_id, s.caption, s.phrasings, painted_scenes.CREDIT, None, 0, s)
+            for s in painted_scenes.scenes()]
 
 
 def library_pictures(folders: Sequence[Path], limits: ImageLimits, painted: bool = True) -> list[Picture]:
