@@ -40,6 +40,8 @@ class Place:
     shows: str                       # what the painting shows, for the caption
     phrasings: tuple[str, ...]       # other ways of asking for the place, the first two also said with the light
     recipe: Callable[[Painter], None]
+    prep: str                        # as the storyteller puts it: "in the snowy forest", "at the harbour"
+    landmarks: tuple[str, ...]       # the storyteller's landmarks of the place, where its scenes happen
     lights: tuple[str, ...] = OUTDOORS
 
 
@@ -482,82 +484,106 @@ def lighthouse(p: Painter) -> None:
 PLACES = (
     Place("snowy-forest", "tall pine trees in deep snow around a frozen pond, a fallen log and snowy hills",
           ("a snowy forest", "pine trees in the snow in winter", "a frozen pond in the woods",
-           "a snowy forest where the pine trees stood tall and silent"), snowy_forest),
+           "a snowy forest where the pine trees stood tall and silent"), snowy_forest,
+          "in", ("the frozen pond", "the tallest pine tree", "a fallen log", "the snowy hill")),
     Place("harbour", "boats on the water by a long wooden pier, a red lighthouse and an old boathouse",
           ("a harbour with boats", "a port with a pier and fishing boats", "a red lighthouse by the harbour",
-           "a harbour where the boats rocked gently on the water"), harbour),
+           "a harbour where the boats rocked gently on the water"), harbour,
+          "at", ("the long wooden pier", "the fish market", "the red lighthouse", "the old boathouse")),
     Place("sunny-meadow", "tall green grass, wild flowers, a big oak tree, a little stream and a stone wall",
           ("a sunny meadow", "a green field of grass and wild flowers", "a big oak tree in a meadow",
-           "a sunny meadow where the grass grew tall and green"), sunny_meadow),
+           "a sunny meadow where the grass grew tall and green"), sunny_meadow,
+          "in", ("the big oak tree", "the little stream", "the patch of wild flowers", "the old stone wall")),
     Place("mountain-village", "houses with red roofs and smoking chimneys below snowy mountains, a stone bridge "
           "and a village well",
           ("a mountain village", "a village in the mountains", "red-roofed houses with chimneys",
-           "a mountain village where the houses had red roofs and smoking chimneys"), mountain_village),
+           "a mountain village where the houses had red roofs and smoking chimneys"), mountain_village,
+          "in", ("the village well", "the stone bridge", "the bakery", "the top of the hill")),
     Place("old-castle", "an old stone castle with tall towers, walls and a great gate on a hill",
           ("an old castle", "a castle with tall towers", "a medieval castle on a hill",
-           "an old castle where the towers touched the clouds"), old_castle),
+           "an old castle where the towers touched the clouds"), old_castle,
+          "in", ("the tall tower", "the great hall", "the castle gate", "the garden behind the walls")),
     Place("busy-city", "a city skyline with tall buildings, a clock tower, a street with lamps and a park",
           ("a busy city", "a city street with tall buildings", "a town with a tall clock tower",
-           "a busy city where the streets were full of people"), busy_city),
+           "a busy city where the streets were full of people"), busy_city,
+          "in", ("the central park", "the bus stop", "the tall clock tower", "the corner shop")),
     Place("quiet-library", "tall bookshelves full of books, a big wooden desk, a reading lamp and a window seat",
           ("a quiet library", "shelves full of books", "a reading room with books and a desk",
-           "a quiet library where the shelves were full of books"), quiet_library, INDOORS),
+           "a quiet library where the shelves were full of books"), quiet_library,
+          "in", ("the highest shelf", "the reading room", "the big wooden desk", "the window seat"), INDOORS),
     Place("desert-town", "golden sand dunes, clay houses, market stalls, an old well and a water tower",
           ("a desert town", "sand dunes in the desert", "a dusty town in the hot desert",
-           "a desert town where the sand glowed gold in the sun"), desert_town),
+           "a desert town where the sand glowed gold in the sun"), desert_town,
+          "in", ("the old well", "the market stalls", "the sand dunes", "the water tower")),
     Place("river-valley", "a wide river winding between green hills, an old mill with its wheel, a wooden bridge "
           "and a willow", ("a river valley", "a river between the hills", "an old mill by a river",
-                           "a river valley where a wide river wound between the hills"), river_valley),
+                           "a river valley where a wide river wound between the hills"), river_valley,
+          "in", ("the old mill", "the wooden bridge", "the river bank", "the willow tree")),
     Place("deep-cave", "a dark cave with glowing crystals on the rock walls and an underground lake",
           ("a deep cave", "glowing crystals in a cave", "an underground lake in a cavern",
-           "a deep cave where crystals sparkled on the walls"), deep_cave, INDOORS),
+           "a deep cave where crystals sparkled on the walls"), deep_cave,
+          "in", ("the underground lake", "the narrow tunnel", "the glowing rocks", "the cave entrance"), INDOORS),
     Place("apple-orchard", "rows of apple trees heavy with red apples, a barn, a wooden gate and baskets",
           ("an apple orchard", "apple trees full of red apples", "an orchard with fruit trees",
-           "an apple orchard where the trees were heavy with apples"), apple_orchard),
+           "an apple orchard where the trees were heavy with apples"), apple_orchard,
+          "in", ("the oldest apple tree", "the wooden gate", "the barn", "the pile of baskets")),
     Place("little-island", "a little island in the sea with a sandy beach, palm trees, rock pools and a cliff",
           ("a little island", "a tropical island with palm trees", "a sandy beach surrounded by the sea",
-           "a little island where the sea sparkled all around"), little_island),
+           "a little island where the sea sparkled all around"), little_island,
+          "on", ("the sandy beach", "the rock pools", "the palm trees", "the top of the cliff")),
     Place("seaside-town", "brightly painted houses along a sea wall, a beach with umbrellas and an ice cream stall",
           ("a seaside town", "colourful houses by the sea", "a beach in a seaside town",
-           "a seaside town where the houses were painted in bright colours"), seaside_town),
+           "a seaside town where the houses were painted in bright colours"), seaside_town,
+          "in", ("the beach", "the ice cream stall", "the sea wall", "the harbour steps")),
     Place("farm", "a red barn, a farmhouse, fields, a duck pond and sheep grazing behind a fence",
           ("a farm", "a red barn on a farm", "sheep and cows grazing in the fields",
            "a farm where cows and sheep grazed in the fields"),
-          farm),
+          farm,
+          "on", ("the red barn", "the duck pond", "the hay field", "the chicken coop")),
     Place("train-station", "a railway station with a big clock, a platform, tracks and a train",
           ("a train station", "a railway platform with a train", "trains at the station",
-           "a train station where trains came and went all day"), train_station),
+           "a train station where trains came and went all day"), train_station,
+          "at", ("platform two", "the ticket office", "the waiting room", "the big clock")),
     Place("jungle", "a thick green jungle of tall trees and hanging vines, a waterfall and a muddy river",
           ("a jungle", "a tropical rainforest", "a waterfall in the jungle",
            "a jungle where parrots called from the trees"),
-          jungle),
+          jungle,
+          "in", ("the waterfall", "the tallest tree", "the muddy river", "the hanging vines")),
     Place("swamp", "a misty swamp of dark water with lily pads, tall reeds, an old log and dead trees",
           ("a swamp", "a marsh with reeds and lily pads", "a misty bog with murky water",
-           "a swamp where frogs sang all night long"), swamp),
+           "a swamp where frogs sang all night long"), swamp,
+          "in", ("the lily pads", "the old log", "the muddy bank", "the tall reeds")),
     Place("garden", "a garden with flowers, rose bushes, a vegetable patch, a little pond and a shed",
           ("a garden", "a flower garden with roses", "a vegetable patch in a back garden",
-           "a garden where bees buzzed among the flowers"), garden),
+           "a garden where bees buzzed among the flowers"), garden,
+          "in", ("the vegetable patch", "the rose bushes", "the garden shed", "the little pond")),
     Place("market-square", "a town square with a fountain, striped market stalls of fruit and toys, and the "
           "town hall", ("a market square", "a fountain in the town square", "a market with fruit stalls",
-                        "a market square where people sold bread, fruit and flowers"), market_square),
+                        "a market square where people sold bread, fruit and flowers"), market_square,
+          "in", ("the fountain", "the fruit stall", "the toy shop", "the town hall")),
     Place("space-station", "the inside of a space station: a big round window onto the stars and the blue "
           "Earth, panels of lights", ("a space station", "a spaceship window looking at the Earth",
                                       "the control room of a space station",
                                       "a space station where the stars shone in every window"),
-          space_station, ("night",)),
+          space_station,
+          "on", ("the control room", "the big round window", "the garden module", "the docking bay"), ("night",)),
     Place("bakery", "a warm bakery with a big brick oven glowing, bread on the counter and flour sacks",
           ("a bakery", "fresh bread in a bakery", "a baker's oven", "a bakery where the ovens were always warm"),
-          bakery, INDOORS),
+          bakery,
+          "in", ("the big oven", "the flour sacks", "the front counter", "the back door"), INDOORS),
     Place("snowy-mountain", "high snowy mountain peaks, an icy path, a mountain hut and pine trees",
           ("a snowy mountain", "the summit of a high mountain in the snow", "a mountain hut on an icy path",
-           "a snowy mountain where the wind was always cold"), snowy_mountain),
+           "a snowy mountain where the wind was always cold"), snowy_mountain,
+          "on", ("the icy path", "the mountain hut", "the summit", "the frozen waterfall")),
     Place("little-school", "a little school with a bell tower, a playground with swings and a big tree in the yard",
           ("a little school", "a school playground", "a village schoolhouse",
            "a little school where children laughed and played"),
-          little_school),
+          little_school,
+          "at", ("the playground", "the music room", "the big tree in the yard", "the classroom")),
     Place("lighthouse", "a tall striped lighthouse on the rocks by the sea, with a lamp room and a little kitchen",
           ("a lighthouse", "a lighthouse on the rocks by the sea", "the lamp of a lighthouse over the waves",
-           "a lighthouse that stood on the rocks by the sea"), lighthouse),
+           "a lighthouse that stood on the rocks by the sea"), lighthouse,
+          "in", ("the winding stairs", "the lamp room", "the rocks below", "the little kitchen")),
 )
 
 _LIGHT_NAMES = {"day": "by day", "dusk": "at dusk", "night": "at night"}
@@ -575,9 +601,10 @@ def _scene(place: Place, light: str) -> Scene:
     when = "" if one_light else f" {LIGHTS[light].words}"
     caption = f"A storybook painting of {noun}{when}: {place.shows}"
     # The place said plainly ties every light of it (the seed picks one); said with its light, it wins for
-    # a prompt that names the light.
+    # a prompt that names the light. A story's scene often names a landmark rather than the place.
     lit = () if one_light else tuple(f"{text} {_LIGHT_NAMES[light]}" for text in place.phrasings[:2])
-    return Scene(scene_id, caption, (caption, *place.phrasings, *lit), place, light)
+    landmarks = tuple(f"{landmark} {place.prep} the {place.slug.replace('-', ' ')}" for landmark in place.landmarks)
+    return Scene(scene_id, caption, (caption, *place.phrasings, *lit, *landmarks), place, light)
 
 
 def paint(scene: Scene) -> np.ndarray:
