@@ -3,12 +3,12 @@
 The storyteller (scripts/train_storyteller.py, PLACES) sets its stories in 24 places: a snowy forest, a harbour,
 a sunny meadow, ... A photograph library cannot show them, so each is painted here with OpenCV and numpy from a
 small recipe of shared painters (services/vision/painting.py): sky, hills or mountains, the place's landmarks,
-foreground, soft light and paper grain. Outdoor places are painted by day, at dusk and at night; rooms and
-underground places in their one light. They are illustrations of places: no characters, no objects a story
+foreground, soft light and paper grain. Outdoor places are painted by day, at dusk and at night; rooms, the cave
+and the space station in their one light. They are illustrations of places: no characters, no objects a story
 brings (a lantern, a fox), no text.
 
-Each scene has a caption in the picture library's manner (what it shows, then other ways of saying it, each with
-its light) and the same credit. Paintings are deterministic (the random generator is seeded by the scene's id)
+Each scene has a caption in the picture library's manner (what it shows, then other ways of saying it: plainly,
+with its light, and by the storyteller's landmarks of the place) and the same credit. Paintings are deterministic (the random generator is seeded by the scene's id)
 and are painted when first asked for, then kept for a while; the captions alone are needed at load.
 """
 
