@@ -33,6 +33,7 @@ from services.runtime.adapter import ModelAdapter, ModelDescription
 from services.runtime.devices import configure_threads, pick_device, pick_dtype
 from services.runtime.errors import FailedPrecondition
 from services.runtime.pretrained import local_source, quiet_transformers
+from services.runtime.progress import WorkerProgress
 from services.runtime.served_model import ServedModel
 from services.text.embedding_model import PACKAGED_NAME, SentenceEmbedder
 from services.vision.images import ImageLimits
@@ -121,38 +122,19 @@ class ImageGenerator:
         self.served = served
         self.model: ImageModel = served.adapter
 
-    async def generate(self, spec: ImageSpec, context) -> AsyncIterator[Progress | GeneratedPicture]:
+    def generate(self, spec: ImageSpec, context) -> AsyncIterator[Progress | GeneratedPicture]:
         """Progress while ``spec`` waits and runs, then its GeneratedPicture. Leaving early (the caller
         cancelled, or its deadline passed) tells the model to stop."""
         self.served.require_ready()
         spec = self.model.resolve(spec)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Progress] = asyncio.Queue()
-        cancelled = threading.Event()
+        progress = WorkerProgress(Progress)
+        progress.report("queued", 0, spec.steps)
+        row = GenerationRow(spec, progress.report, progress.cancelled.is_set)
+        return progress.stream(asyncio.ensure_future(self._one(row, context)))
 
-        def report(stage: str, step: int, total: int) -> None:   # from the model thread
-            loop.call_soon_threadsafe(events.put_nowait, Progress(stage, step, total))
-
-        work = asyncio.ensure_future(self.served.infer([GenerationRow(spec, report, cancelled.is_set)], context))
-        event = None
-        try:
-            yield Progress("queued", 0, spec.steps)
-            while not work.done():
-                event = asyncio.ensure_future(events.get())
-                await asyncio.wait({event, work}, return_when=asyncio.FIRST_COMPLETED)
-                if event.done():
-                    yield event.result()
-                else:
-                    event.cancel()   # the work ended first: what it reported is still in the queue
-            while not events.empty():
-                yield events.get_nowait()
-            [picture] = work.result()
-            yield picture
-        finally:
-            cancelled.set()
-            work.cancel()
-            if event is not None:
-                event.cancel()
+    async def _one(self, row: GenerationRow, context) -> GeneratedPicture:
+        [picture] = await self.served.infer([row], context)
+        return picture
 
 
 # -- the picture library ----------------------------------------------------------------------------

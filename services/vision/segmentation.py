@@ -34,6 +34,7 @@ from monai.transforms import Compose
 from services.runtime.adapter import ModelAdapter, ModelDescription, TensorSpec
 from services.runtime.devices import configure_threads, pick_device, pick_dtype
 from services.runtime.errors import InvalidArgument, ResourceExhausted
+from services.runtime.progress import WorkerProgress
 from services.runtime.served_model import ServedModel
 from services.vision.monai_bundle import is_bundle, read_bundle
 from services.vision.volume_model import SegmentationSpec, as_meta_tensor, build_network, preparation
@@ -209,36 +210,21 @@ class StudySegmenter:
         """The model's windows at a time, within the batcher's max batch size."""
         return min(self.plan.windows_per_request, self.served.max_batch_size)
 
-    async def segment(self, volume: Volume, context) -> AsyncIterator[Progress | SegmentedStudy]:
+    def segment(self, volume: Volume, context) -> AsyncIterator[Progress | SegmentedStudy]:
         """Progress ("segmenting" as windows return, then "measuring") while ``volume`` is segmented on a
         worker thread, then its SegmentedStudy. Leaving early (the caller cancelled) stops the thread's windows."""
         self.served.require_ready()
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Progress] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def report(stage: str, done: int, total: int) -> None:   # from the worker thread
-            loop.call_soon_threadsafe(events.put_nowait, Progress(stage, done, total))
+        progress = WorkerProgress(Progress)
 
         def submit(windows: list[torch.Tensor]) -> concurrent.futures.Future:
             return asyncio.run_coroutine_threadsafe(self.served.infer(windows, context), loop)
 
-        work = asyncio.ensure_future(asyncio.to_thread(segment_volume, volume, self.plan, self.windows_per_request,
-                                                       submit, report, cancelled))
-        try:
-            while not work.done():
-                event = asyncio.ensure_future(events.get())
-                await asyncio.wait({event, work}, return_when=asyncio.FIRST_COMPLETED)
-                if event.done():
-                    yield event.result()
-                else:
-                    event.cancel()
-            while not events.empty():
-                yield events.get_nowait()
-            yield work.result()
-        finally:
-            cancelled.set()   # the thread stops before its next group of windows
-            work.cancel()
+        # The thread stops before its next group of windows once the caller has gone.
+        return progress.stream(asyncio.ensure_future(asyncio.to_thread(
+            segment_volume, volume, self.plan, self.windows_per_request, submit, progress.report,
+            progress.cancelled)))
+
 
 def segment_volume(volume: Volume, plan: SegmentationPlan, windows_per_request: int,
                    submit: Callable[[list[torch.Tensor]], concurrent.futures.Future],
