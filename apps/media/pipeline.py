@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import re
 import secrets
@@ -188,7 +187,9 @@ class Pipeline:
             if not path.exists():
                 request = vision_pb2.GenerateImageRequest(
                     prompt=picture_prompt(scene.text, options.prompt), width=size[0], height=size[1],
-                    seed=scene_seed(options.seed, scene.index), style=options.style,
+                    # One seed for the whole story: where pictures are equally good matches (a place by day, at
+                    # dusk or at night), every scene makes the same choice, so the light does not jump.
+                    seed=options.seed, style=options.style,
                     encoding=vision_pb2.IMAGE_ENCODING_PNG)
                 image = await self._call("vision", "pictures", lambda vision: self._generate_image(vision, request))
                 await asyncio.to_thread(write_atomic, path, image.data)
@@ -329,13 +330,9 @@ def split_scenes(story: str, most: int) -> list[str]:
 
 
 def picture_prompt(scene_text: str, job_prompt: str) -> str:
-    """The scene, with the job's prompt for context (a scene's sentence alone may not say where it is)."""
-    return f"{scene_text} ({job_prompt})"[:MAX_PICTURE_PROMPT_CHARS]
-
-
-def scene_seed(seed: int, index: int) -> int:
-    """A seed per scene from the job's: the same job gives the same pictures, scenes differ."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "big")
+    """The job's prompt, then the scene: a scene's sentence alone may not say where it is, and the prompt
+    first weighs more in the match (the picture library's caption similarity)."""
+    return f"{job_prompt}: {scene_text}"[:MAX_PICTURE_PROMPT_CHARS]
 
 
 def model_record(model) -> dict:
