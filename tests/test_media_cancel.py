@@ -23,7 +23,7 @@ from tests.media import (FINISHED, media_stack, start_media_app,  # noqa: F401 -
                          start_service_on_port)
 from tests.support import ServiceProcess, metric, start_service, wait_for
 
-STEPS = 100   # the most generation_steps allows
+STEPS = 100   # the most image_generation_steps allows
 SIZES = {"picture_width": 256, "picture_height": 192,   # ~0.1-0.4 s a denoising step here
          "video_width": 320, "video_height": 180}
 INTERRUPTED = '"image generation interrupted"'
@@ -38,7 +38,7 @@ def start_vision(pki, tmp: Path, pipeline: Path, steps: int, port: int | None = 
     """A vision service serving ``pipeline`` with ``steps`` denoising steps a picture (the studio leaves the
     steps to the model); on ``port`` when given, where the app already looks."""
     # On the CPU wherever the tests run: a GPU would finish the 100 steps before the cancel could reach them.
-    settings = dict(segmentation_model="", image_generation_model=str(pipeline), generation_steps=steps,
+    settings = dict(segmentation_model="", image_generation_model=str(pipeline), image_generation_steps=steps,
                     device="cpu")
     tmp.mkdir()
     if port is None:

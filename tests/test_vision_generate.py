@@ -258,8 +258,8 @@ def diffusion_services(pki, tmp_path_factory, tiny_pipeline):
     by side."""
     hf_home = tmp_path_factory.mktemp("hf-home")
     install_in_hub_cache(tiny_pipeline, hf_home, TINY_ID)
-    by_path = dict(image_generation_model=str(tiny_pipeline), generation_steps=4, generation_guidance=0)
-    by_id = dict(image_generation_model=TINY_ID, generation_steps=1,
+    by_path = dict(image_generation_model=str(tiny_pipeline), image_generation_steps=4, image_generation_guidance=0)
+    by_id = dict(image_generation_model=TINY_ID, image_generation_steps=1,
                  environment={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
     # Launched from this thread (a service dies with the thread that started it), then awaited together.
     services = {name: launch("services.vision", pki, tmp_path_factory.mktemp(f"vision-{name}"), "vision",

@@ -51,13 +51,15 @@ class VisionSettings(ServiceSettings):
                                  "the file name")
     painted_scenes: bool = Field(True, description="Whether the picture library holds its painted storybook "
                                  "scenes of the storyteller's places besides its photographs")
-    generation_max_batch_size: int = Field(8, ge=1, description="Image requests per execution of the generation model")
-    generation_max_queue_delay_ms: float = Field(5.0, ge=0, description="Longest an image request waits for others "
-                                                 "to fill its batch")
-    generation_steps: int = Field(0, ge=0, le=100, description="Denoising steps of a diffusion model when a request "
-                                  "leaves them to the model; 0 = the pipeline's default")
-    generation_guidance: float | None = Field(None, ge=0, le=30, description="Guidance scale of a diffusion model "
-                                              "when a request leaves it to the model; unset = the pipeline's default")
+    image_generation_max_batch_size: int = Field(8, ge=1, description="Image requests per execution of the "
+                                                 "generation model")
+    image_generation_max_queue_delay_ms: float = Field(5.0, ge=0, description="Longest an image request waits for "
+                                                       "others to fill its batch")
+    image_generation_steps: int = Field(0, ge=0, le=100, description="Denoising steps of a diffusion model when a "
+                                        "request leaves them to the model; 0 = the pipeline's default")
+    image_generation_guidance: float | None = Field(None, ge=0, le=30, description="Guidance scale of a diffusion "
+                                                    "model when a request leaves it to the model; unset = the "
+                                                    "pipeline's default")
 
 
 def model_registry() -> ModelRegistry:
@@ -79,7 +81,7 @@ def generation_registry() -> ModelRegistry:
     def diffusion(source: str, settings: VisionSettings, limits: ImageLimits) -> DiffusionModel:
         return DiffusionModel(source, device=settings.device, precision=settings.precision,
                               threads=settings.model_threads, instances=settings.model_instances,
-                              steps=settings.generation_steps, guidance=settings.generation_guidance)
+                              steps=settings.image_generation_steps, guidance=settings.image_generation_guidance)
 
     def picture_library(settings: VisionSettings, limits: ImageLimits) -> PictureLibraryModel:
         folders = [Path(f.strip()).expanduser() for f in settings.picture_folders.split(",") if f.strip()]
@@ -129,8 +131,8 @@ def build_generator(runtime: Runtime, limits: ImageLimits) -> ImageGenerator:
     """The image generation model with batching of its own: an image costs far more than an inspection."""
     settings: VisionSettings = runtime.settings
     adapter = generation_registry().create(settings.image_generation_model, settings=settings, limits=limits)
-    batching = BatchingConfig(max_batch_size=settings.generation_max_batch_size,
-                              max_queue_delay_s=settings.generation_max_queue_delay_ms / 1000,
+    batching = BatchingConfig(max_batch_size=settings.image_generation_max_batch_size,
+                              max_queue_delay_s=settings.image_generation_max_queue_delay_ms / 1000,
                               max_queue_size=settings.max_queue_size, enabled=settings.dynamic_batching,
                               instances=settings.model_instances)
     return ImageGenerator(ServedModel(served_name(settings.image_generation_model), adapter, batching,
