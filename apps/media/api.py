@@ -5,6 +5,7 @@
     GET  /jobs/{id}              the job
     POST /jobs/{id}/cancel       → the job (cancelled); 409 when it has finished
     POST /jobs/{id}/retry        → 202 and the job (queued again); 409 unless it failed or was cancelled
+    DELETE /jobs/{id}            → 204: the job and its files are gone; 409 while it is queued or running
     GET  /jobs/{id}/events       `event: job` with the job after every change, until it finishes
     GET  /jobs/{id}/files/{name} story.txt, scene-NN.wav, scene-NN.png, music.wav, video.mp4 (Range), subtitles.vtt
 
@@ -18,7 +19,7 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 
 from apps.media.options import InvalidJob, job_options
@@ -68,6 +69,11 @@ def api_router(studio: Studio) -> APIRouter:
     @router.post("/jobs/{job_id}/retry", status_code=202)
     async def retry(job_id: str):
         return (await studio.retry(job_id)).as_dict()
+
+    @router.delete("/jobs/{job_id}", status_code=204)
+    async def delete(job_id: str):
+        await studio.delete(job_id)
+        return Response(status_code=204)
 
     @router.get("/jobs/{job_id}/events")
     async def events(request: Request, job_id: str):

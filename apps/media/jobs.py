@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
@@ -27,6 +28,7 @@ FINISHED = (DONE, FAILED, CANCELLED)
 UNFINISHED = (QUEUED, RUNNING)
 PENDING = "pending"   # a step not started yet (steps share running, done, failed and cancelled with jobs)
 STEPS = ("story", "narration", "pictures", "music", "video")
+ID_BATCH = 500   # ids per IN (...) query: well under any database's limit of bound parameters
 
 metadata = sa.MetaData()
 
@@ -163,6 +165,23 @@ class JobStore:
                     {"job_id": job.job_id, "scene": scene.index, "text": scene.text,
                      "narration_s": scene.narration_s, "picture": scene.picture,
                      "picture_source": scene.picture_source} for scene in job.scenes])
+
+    def delete(self, job_id: str) -> bool:
+        """The job, its steps and its scenes, in one transaction; whether there was such a job."""
+        with self.engine.begin() as conn:
+            for table in (steps_table, scenes_table):   # before the job they refer to
+                conn.execute(table.delete().where(table.c.job_id == job_id))
+            return conn.execute(jobs_table.delete().where(jobs_table.c.job_id == job_id)).rowcount > 0
+
+    def known(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of ``job_ids`` the store has."""
+        job_ids, known = list(job_ids), set()
+        with reading(self.engine) as conn:
+            for start in range(0, len(job_ids), ID_BATCH):
+                batch = job_ids[start:start + ID_BATCH]
+                known.update(conn.execute(sa.select(jobs_table.c.job_id)
+                                          .where(jobs_table.c.job_id.in_(batch))).scalars())
+        return known
 
     def load(self, job_id: str) -> Job | None:
         jobs = self._load(sa.select(jobs_table).where(jobs_table.c.job_id == job_id))

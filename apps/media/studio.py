@@ -8,6 +8,10 @@ Nothing is silently lost to a restart. A drained process (SIGTERM) puts its runn
 a process that died (kill -9, a crash) leaves them "running", and the next one counts that as an interruption
 and queues them again, each step redone from its kept outputs; a job interrupted more than
 ``MAX_INTERRUPTIONS`` times is failed with that reason, since it may be what brings the process down.
+
+A finished job can be deleted: its rows go first, in one transaction, then its folder. A process that stops
+between the two leaves a folder no job lists; the next start removes such folders (only those named like a
+job id), so a deleted job's files never outlive a restart.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import dataclasses
 import logging
 import re
 import secrets
+import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,6 +38,8 @@ MAX_INTERRUPTIONS = 3
 JOB_ID = re.compile(r"M-[0-9a-f]{12}")
 JOB_FILE = re.compile(r"story\.txt|video\.mp4|subtitles\.vtt|music\.wav|scene-\d{2}\.(?:png|wav)")
 CANCEL_WAIT_S = 15   # a cancelled job's calls end at once; its video thread stops ffmpeg within a second or so
+SETTLE_WAIT_S = 5    # a job that has just finished is written before it leaves the jobs in progress
+REMOVE_TRIES = 3
 
 
 class QueueFull(Exception):
@@ -115,6 +123,27 @@ class Studio:
         log.info("job queued again", extra={"job_id": job.job_id, "state": job.state})
         return job
 
+    async def delete(self, job_id: str) -> None:
+        """A done, failed or cancelled job and its files, for good; JobStateError while it is queued or
+        running. Its rows go first (one transaction), then its folder: a process that stops in between leaves
+        only a folder nobody lists, which the next start removes. Watchers of a finished job have already had
+        its last version, so their streams have ended."""
+        await self._until_settled(job_id)
+        async with self._admission:   # not retried while it is deleted
+            job = await self.get(job_id)
+            if not job.finished or job_id in self._live:
+                state = "still finishing" if job.finished else job.state
+                raise JobStateError(f"job {job_id} is {state}; only a done, failed or cancelled job can be "
+                                    "deleted (cancel it first)")
+            # Through the writer: after any write of the job still on its way, which would bring it back.
+            deleted = await asyncio.get_running_loop().run_in_executor(self._writer, self.store.delete, job_id)
+        if not deleted:   # deleted meanwhile by another request
+            raise LookupError(f"no job {job_id}")
+        await asyncio.to_thread(remove_folder, self.jobs_dir / job_id)
+        log.info("job deleted", extra={"job_id": job_id, "state": job.state})
+        async with self._changed:
+            self._changed.notify_all()
+
     async def watch(self, job_id: str, seen_version: int, timeout: float) -> Job:
         """The job once its version is past ``seen_version``, or as it is at ``timeout`` or when the studio
         closes."""
@@ -147,7 +176,9 @@ class Studio:
     # -- running ---------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Resume what an earlier process left, then run jobs until cancelled (the process drains)."""
+        """Remove what deletes left unfinished, resume what an earlier process left, then run jobs until
+        cancelled (the process drains)."""
+        await asyncio.to_thread(self._remove_unlisted_folders)
         await self._resume()
         workers = [asyncio.create_task(self._worker()) for _ in range(self.concurrent_jobs)]
         try:
@@ -209,6 +240,8 @@ class Studio:
         self._cancelling.discard(job.job_id)
         await self._publish(job)
         self._live.pop(job.job_id, None)
+        async with self._changed:   # it has settled: a delete waiting for that may go on
+            self._changed.notify_all()
         log.info("job finished", extra={"job_id": job.job_id, "state": state,
                                         "step": error and error["step"], "code": error and error["code"]})
 
@@ -235,6 +268,29 @@ class Studio:
             self._enqueue(job)
             log.info("job resumed", extra={"job_id": job.job_id, "state": job.state,
                                            "interruptions": job.interruptions})
+
+    def _remove_unlisted_folders(self) -> None:
+        """The folders, named like a job id, of jobs the store does not have: a delete that stopped between
+        its rows and its folder. Run before any job does, so every folder that exists was listed first (a job
+        is stored when it is submitted, its folder made when it runs)."""
+        if not self.jobs_dir.is_dir():
+            return
+        folders = {path.name: path for path in self.jobs_dir.iterdir()
+                   if path.is_dir() and JOB_ID.fullmatch(path.name)}
+        for job_id in sorted(folders.keys() - self.store.known(list(folders))):
+            remove_folder(folders[job_id])
+            log.info("folder of a deleted job removed", extra={"job_id": job_id})
+
+    async def _until_settled(self, job_id: str) -> None:
+        """Once a job that has just finished has left the jobs in progress (its last write done)."""
+        job = self._live.get(job_id)
+        if job is None or not job.finished:
+            return
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: job_id not in self._live), SETTLE_WAIT_S)
+            except TimeoutError:
+                pass
 
     # -- bookkeeping -----------------------------------------------------------------------------------
 
@@ -277,6 +333,18 @@ class Studio:
         if not JOB_ID.fullmatch(job_id):
             return None
         return await asyncio.to_thread(self.store.load, job_id)
+
+
+def remove_folder(folder: Path) -> None:
+    """``folder`` and all in it. A cancelled job's thread may still be ending a write there (a thread outlives
+    the task that awaited it), adding a file while the folder is removed, so it is tried again; what still
+    stays is removed at the next start."""
+    for attempt in range(REMOVE_TRIES):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.2 * (attempt + 1))
+    log.warning("job folder not removed; the next start removes it", extra={"job_id": folder.name})
 
 
 def _reset_unfinished_steps(job: Job) -> None:
