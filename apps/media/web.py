@@ -2,7 +2,8 @@
 whose steps, story, scenes and video follow the job live (Server-Sent Events of the JSON API), and the JSON
 API itself (apps/media/api.py) under /api. Every failure is a clear status: 400 with the form again and the
 messages beside its fields, 404 for an unknown job, 409 for an action its state forbids, 413 for a form past
-the limit, 429 when the queue is full; never a stack trace.
+the limit, 429 when the queue is full; never a stack trace. A finished job's page can delete it (its files
+too), which leads back to the studio page.
 
 Like every app, it answers under the gateway's path prefix (``/media/``) and at ``/``.
 """
@@ -14,7 +15,7 @@ import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -43,7 +44,7 @@ def create_web_app(studio: Studio, path_prefix: str = "/media") -> PathPrefix:
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.trim_blocks = templates.env.lstrip_blocks = True
     templates.env.filters.update(when=when, number=number, minutes=minutes)
-    templates.env.globals.update(scene_file=scene_file, ACTIVE=UNFINISHED, RETRYABLE=RETRYABLE)
+    templates.env.globals.update(scene_file=scene_file, ACTIVE=UNFINISHED, RETRYABLE=RETRYABLE, FINISHED=FINISHED)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(api_router(studio), prefix="/api")
     _add_error_handlers(app, templates)
@@ -87,6 +88,13 @@ def create_web_app(studio: Studio, path_prefix: str = "/media") -> PathPrefix:
     @app.post("/jobs/{job_id}/retry")
     async def retry(request: Request, job_id: str):
         return _after_action(request, await studio.retry(job_id))
+
+    @app.post("/jobs/{job_id}/delete")
+    async def delete(request: Request, job_id: str):
+        await studio.delete(job_id)
+        if wants_json(request):
+            return Response(status_code=204)
+        return RedirectResponse(f"{base_path(request)}/", status_code=303)   # the gallery, without it
 
     return PathPrefix(app, path_prefix)
 

@@ -1,7 +1,7 @@
 // The job page, live: one Server-Sent Events stream of the job (the JSON API's /events), each event the
 // whole job; every event rewrites the steps (state and progress bar), the story as far as it has been
 // written, the scene cards, the error, the actions the state allows, the models, and once the job is done
-// puts the video in the page. The stream ends when the job is done, failed or cancelled.
+// puts the video in the page. The stream ends when the job is done, failed or cancelled. Delete asks first.
 (() => {
   "use strict";
   const root = document.getElementById("job");
@@ -136,6 +136,7 @@
     renderModels(job.models);
     $("cancel-form").hidden = !ACTIVE.includes(job.state);
     $("retry-form").hidden = !RETRYABLE.includes(job.state);
+    $("delete-form").hidden = !FINISHED.includes(job.state);
     renderVideo(job);
   }
 
@@ -159,6 +160,13 @@
       }
     });
   }
+
+  // Deleting cannot be undone: asked once more here (without scripts the form deletes at once).
+  $("delete-form").addEventListener("submit", (event) => {
+    if (!window.confirm(`Delete ${root.dataset.job} with its video, pictures and narration? This cannot be undone.`)) {
+      event.preventDefault();
+    }
+  });
 
   // A finished job's page is already whole; a retried one is followed again after the form's redirect.
   if (!FINISHED.includes(root.dataset.state)) follow();
