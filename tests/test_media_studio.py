@@ -1,7 +1,8 @@
 """The media studio over its real HTTP API: a real app process talking to real text, audio and vision services
 over mutual TLS. Jobs run every step in order and keep their files; four run at once; a cancelled job stops
 within seconds and frees its slot; kill -9 of the app loses no job; a service down fails its step with
-UNAVAILABLE and a retry redoes only what is missing; bad input is 400 naming the field."""
+UNAVAILABLE and a retry redoes only what is missing; a finished job is deleted with its files, for good; bad
+input is 400 naming the field."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import time
 import urllib.request
 
 import pytest
+import sqlalchemy as sa
 
-from apps.media.jobs import Job, JobStore, Scene
+from apps.media.jobs import Job, JobStore, Scene, scenes_table, steps_table
 from apps.media.options import JobOptions
 from apps.twins import open_database
 from tests.media import (MediaApp, free_port, media_stack, start_media_app,  # noqa: F401 - fixture
@@ -272,6 +274,55 @@ def test_a_stopped_or_killed_app_loses_no_job(pki, media_stack, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_finished_job_is_deleted_with_its_files_and_stays_deleted(pki, media_stack, tmp_path):
+    """A queued or running job is not deleted (409) and goes on; a finished one is, with its files (204), and
+    is then unknown (404). After a restart it stays deleted, and the folder of a job the store no longer lists
+    (a process stopped between deleting its rows and its folder) is removed, while the folders of listed jobs
+    and any folder not named like a job are kept."""
+    media = start_media_app(pki, tmp_path, media_stack.services, concurrent_jobs=1)
+    try:
+        kept, deleted = (media.submit(prompt=prompt, scenes=1, seed=i, music=False)["job_id"] for i, prompt in
+                         enumerate(["a robot in a harbour", "an owl who is afraid of the dark"]))
+        media.wait_job(kept, until=lambda job: job["state"] == "running")
+        for job_id, state in ((kept, "running"), (deleted, "queued")):
+            status, answer = media.api("DELETE", f"/jobs/{job_id}")
+            assert status == 409 and f"is {state}" in answer["error"], (status, answer)
+        assert media.job(deleted)["state"] == "queued" and media.job(kept)["state"] == "running"
+
+        assert media.api("POST", f"/jobs/{deleted}/cancel")[0] == 200
+        assert media.api("DELETE", f"/jobs/{deleted}") == (204, "")   # a job cancelled before it made a file
+        job = media.wait_job(kept)
+        assert_done_with_files(media, job)
+        assert media.api("DELETE", f"/jobs/{kept}") == (204, "")
+        assert not media.file(kept, "").exists()
+        for job_id in (kept, deleted):
+            for method, path in (("GET", ""), ("GET", "/events"), ("GET", "/files/video.mp4"),
+                                 ("GET", "/files/story.txt"), ("POST", "/retry"), ("DELETE", "")):
+                assert media.api(method, f"/jobs/{job_id}{path}")[0] == 404, (job_id, method, path)
+        assert media.api("GET", "/jobs")[1] == []
+        for job_id in ("M-000000000000", "nonsense", "M-../../etc"):
+            status, answer = media.api("DELETE", f"/jobs/{job_id}")
+            assert status == 404 and "error" in answer, (job_id, status, answer)
+        again = media.submit(prompt="a small boat on a quiet lake", scenes=1, seed=3, music=False)["job_id"]
+        assert_done_with_files(media, media.wait_job(again))
+    finally:
+        media.app.stop(10)
+
+    jobs = media.data_dir / "jobs"
+    for name in (kept, "M-0000000000ff", "not-a-job"):   # debris of deletes, and a folder of someone else's
+        (jobs / name).mkdir()
+        (jobs / name / "story.txt").write_text("left behind")
+    media = start_media_app(pki, tmp_path, media_stack.services, data_dir=media.data_dir)
+    try:
+        assert [job["job_id"] for job in media.api("GET", "/jobs")[1]] == [again]
+        assert media.api("GET", f"/jobs/{kept}")[0] == 404
+        assert sorted(path.name for path in jobs.iterdir()) == sorted([again, "not-a-job"])
+        assert_done_with_files(media, media.job(again))
+    finally:
+        media.app.stop(10)
+
+
+@pytest.mark.slow
 def test_a_job_interrupted_more_than_three_times_is_failed_with_the_reason(pki, media_stack, tmp_path):
     """Jobs a dead process left: one that was interrupted three times before is failed, not run a fifth time;
     the one beside it, interrupted once, resumes and finishes."""
@@ -317,6 +368,14 @@ def test_the_job_store_keeps_a_job_whole(database, tmp_path, request):
     assert [j.job_id for j in store.newest(10)] == [job.job_id, older.job_id]
     assert [j.job_id for j in store.unfinished()] == [older.job_id]
     assert store.load("M-ffffffffffff") is None
+    assert store.known([job.job_id, "M-ffffffffffff", older.job_id]) == {job.job_id, older.job_id}
+
+    assert store.delete(job.job_id) and not store.delete(job.job_id)   # the job, its steps and its scenes
+    assert store.load(job.job_id) is None and [j.job_id for j in store.newest(10)] == [older.job_id]
+    with store.engine.connect() as conn:
+        for table, left in ((steps_table, [older.job_id]), (scenes_table, [])):   # the older job has no scenes
+            assert conn.execute(sa.select(table.c.job_id).distinct()).scalars().all() == left, url
+    assert store.known([job.job_id]) == set()
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """The studio's pages over HTTP against the real app (tests/media.py): a form with bad input comes back with
 status 400, the studio's own message beside each wrong field and every value as it was sent, and no job made;
 unknown jobs are a 404 page, actions the job's state forbids a 409 page; cancel and retry redirect back to the
-job; a finished job's page has the video with its default subtitles track, the download link, the scenes and
+job, and a finished job's Delete to the gallery, which no longer lists it; a finished job's page has the video with its default subtitles track, the download link, the scenes and
 the models; the gallery lists jobs newest first with their first picture; a full queue is a 429 page; a service that is
 down is on every page and the step it failed says why, with Retry; everything answers under the gateway's
 /media prefix with links that stay under it, and at the root."""
@@ -154,6 +154,7 @@ def test_unknown_jobs_and_forbidden_actions_are_pages_with_their_status(media_st
     assert location == f"/media/jobs/{job_id}"
     page = Elements(http.get(location)[2].decode())
     assert page.attrs["job"]["data-job"] == job_id and "hidden" not in page.attrs["cancel-form"]
+    assert "hidden" in page.attrs["delete-form"]
     assert page.attrs["job"]["data-events"] == f"/media/api/jobs/{job_id}/events"
 
     status, _, _, headers = http.request("POST", f"/media/jobs/{job_id}/cancel", b"",
@@ -162,6 +163,8 @@ def test_unknown_jobs_and_forbidden_actions_are_pages_with_their_status(media_st
     assert media_stack.api("GET", f"/jobs/{job_id}")[1]["state"] == "cancelled"
     page = Elements(http.get(location)[2].decode())
     assert "hidden" in page.attrs["cancel-form"] and "hidden" not in page.attrs["retry-form"]
+    assert "hidden" not in page.attrs["delete-form"]
+    assert page.attrs["delete-form"]["action"] == f"{location}/delete"
 
     status, kind, body = http.post(f"/media/jobs/{job_id}/cancel", {}, accept="text/html")
     assert status == 409 and kind.startswith("text/html")
@@ -173,7 +176,20 @@ def test_unknown_jobs_and_forbidden_actions_are_pages_with_their_status(media_st
     assert media_stack.api("GET", f"/jobs/{job_id}")[1]["state"] in ("queued", "running")
     status, _, body = http.post(f"/media/jobs/{job_id}/retry", {}, accept="text/html")
     assert status == 409, body[:300]
+    status, kind, body = http.post(f"/media/jobs/{job_id}/delete", {}, accept="text/html")
+    assert status == 409 and kind.startswith("text/html")
+    assert "cancel it first" in Elements(body.decode()).text["error-message"]
     assert http.post(f"/media/jobs/{job_id}/cancel", {}, accept="text/html")[0] == 303
+
+    # Deleted once finished: back to the gallery, which no longer lists it; the job is gone.
+    media_stack.wait_job(job_id)
+    status, _, _, headers = http.request("POST", f"/media/jobs/{job_id}/delete", b"",
+                                         "application/x-www-form-urlencoded")
+    assert status == 303 and headers["location"] == "/media/"
+    assert f'data-job="{job_id}"' not in http.get("/media/")[2].decode()
+    assert http.get(location)[0] == 404
+    status, kind, body = http.post(f"/media/jobs/{job_id}/delete", {}, accept="text/html")
+    assert status == 404 and kind.startswith("text/html") and job_id in Elements(body.decode()).text["error-message"]
 
 
 def test_a_finished_job_page_has_the_video_and_the_gallery_lists_it_first(media_stack):
@@ -197,6 +213,7 @@ def test_a_finished_job_page_has_the_video_and_the_gallery_lists_it_first(media_
     assert page.attrs["download"]["href"] == f"{files}/video.mp4"
     assert page.attrs["download"]["download"] == f"{job_id}.mp4"
     assert "hidden" in page.attrs["cancel-form"] and "hidden" in page.attrs["retry-form"]
+    assert "hidden" not in page.attrs["delete-form"]
     assert page.text["story"] == job["story"]
     for scene in job["scenes"]:
         card = re.search(rf'<li class="scene" data-scene="{scene["index"]}">(.*?)</li>', html, re.S).group(1)
