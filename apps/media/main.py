@@ -71,8 +71,12 @@ def build(runtime: Runtime) -> Service:
         scenes_at_once=settings.scenes_at_once, video=video))
     studio = Studio(store, pipeline, data / "jobs", availability, settings.concurrent_jobs, settings.max_queued_jobs)
     web = create_web_app(studio, settings.http_path_prefix)
-    tasks = [lambda: serve_web_app(web, settings.http_host, settings.http_port, studio.close), studio.run]
-    return Service(models=[], tasks=tasks)
+
+    async def serve_pages() -> None:
+        await studio.recovered.wait()   # no page or API answer shows a job the last process left as running
+        await serve_web_app(web, settings.http_host, settings.http_port, studio.close)
+
+    return Service(models=[], tasks=[serve_pages, studio.run])
 
 
 def main() -> None:

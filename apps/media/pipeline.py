@@ -29,6 +29,10 @@ from modalmesh.v1 import audio_pb2, text_pb2, vision_pb2
 
 FIRST_RETRY_S = 0.5   # after UNAVAILABLE; each retry waits twice as long as the one before
 MAX_STORY_TOKENS = 300   # the storyteller's stories are 60 to 200; a scene's text stays within Synthesize's limit
+# Sampling of the story: the storyteller's own defaults (generation_config.json), also sound for larger models.
+# The service's defaults (temperature 1, no nucleus) let a small model wander off in its first words.
+STORY_TEMPERATURE = 0.7
+STORY_TOP_P = 0.9
 MAX_PICTURE_PROMPT_CHARS = 2000
 # Stories as the storyteller was taught to be asked for them (scripts/train_storyteller.py REQUESTS).
 REQUEST_OPENINGS = ("write", "tell", "can you", "could you", "please", "i would like", "story about", "story set")
@@ -138,13 +142,15 @@ class Pipeline:
         kept = {scene.index: scene for scene in run.job.scenes}
         run.job.scenes = [kept[i] if i in kept and kept[i].text == text else Scene(i, text)
                           for i, text in enumerate(texts, 1)]
-        step.detail = f"{step.done} tokens, {len(texts)} scenes" if step.done else f"{len(texts)} scenes"
+        scenes = quantity(len(texts), "scene")
+        step.detail = f"{quantity(step.done, 'token')}, {scenes}" if step.done else scenes
 
     async def _stream_story(self, text, run: JobRun, step: Step) -> None:
         job = run.job
         request = text_pb2.GenerateRequest(
             chat=text_pb2.Chat(messages=[text_pb2.ChatMessage(role="user", content=story_request(job.options.prompt))]),
-            sampling=text_pb2.SamplingParameters(max_new_tokens=MAX_STORY_TOKENS, seed=job.options.seed))
+            sampling=text_pb2.SamplingParameters(max_new_tokens=MAX_STORY_TOKENS, seed=job.options.seed,
+                                                 temperature=STORY_TEMPERATURE, top_p=STORY_TOP_P))
         job.story, step.done = "", 0   # a retried stream starts over
         written_at = asyncio.get_running_loop().time()
         async for reply in text.Generate(request, timeout=self.settings.call_timeout_s):
@@ -215,7 +221,7 @@ class Pipeline:
             async with scenes_at_once:
                 await one(scene)
             step.done += 1
-            step.detail = f"{step.done} of {step.total} scenes"
+            step.detail = f"{step.done} of {quantity(step.total, 'scene')}"
             await run.changed(True)
 
         outcomes = await asyncio.gather(*(counted(scene) for scene in run.job.scenes), return_exceptions=True)
@@ -333,6 +339,11 @@ def picture_prompt(scene_text: str, job_prompt: str) -> str:
     """The job's prompt, then the scene: a scene's sentence alone may not say where it is, and the prompt
     first weighs more in the match (the picture library's caption similarity)."""
     return f"{job_prompt}: {scene_text}"[:MAX_PICTURE_PROMPT_CHARS]
+
+
+def quantity(count: int, noun: str) -> str:
+    """"1 scene", "3 scenes": the steps' details read as sentences."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def model_record(model) -> dict:

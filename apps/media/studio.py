@@ -64,6 +64,9 @@ class Studio:
         self._admission = asyncio.Lock()           # one submission or retry at a time: the bound holds
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="job-writer")   # writes in the order made
         self.closed = False
+        # Set once the jobs an earlier process left are resumed or failed: until then the store still says
+        # "running" of jobs nothing runs, so the pages wait for it.
+        self.recovered = asyncio.Event()
 
     # -- what the pages and the API ask ----------------------------------------------------------------
 
@@ -180,6 +183,7 @@ class Studio:
         cancelled (the process drains)."""
         await asyncio.to_thread(self._remove_unlisted_folders)
         await self._resume()
+        self.recovered.set()
         workers = [asyncio.create_task(self._worker()) for _ in range(self.concurrent_jobs)]
         try:
             await asyncio.gather(*workers)
