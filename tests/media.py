@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from modalmesh.launch import launch
-from tests.support import ServiceProcess, free_port, start_service, wait_for
+from tests.support import ServiceProcess, free_port, serving, start_service, wait_for
 
 FINISHED = ("done", "failed", "cancelled")
 # Small and fast: a job of two or three scenes takes seconds of video work, not minutes.
@@ -110,12 +110,7 @@ def start_service_on_port(port: int, module: str, pki, tmp: Path, workload: str,
     """A service on a given port: one started again where its clients already look for it."""
     service = launch(module, pki, tmp, workload, **(SERVICE_SETTINGS | settings | {"grpc_port": port}))
     service.port = port   # launch picked another free port; the process listens on this one
-    try:
-        service.wait_serving()
-    except BaseException:
-        service.stop(5)
-        raise
-    return service
+    return serving(service)
 
 
 _SHARED: dict[str, MediaStack] = {}

@@ -11,12 +11,17 @@ from modalmesh.launch import ServiceProcess, free_port, launch, metric  # noqa: 
 from services.runtime.settings import REPO_ROOT
 
 ROOT = REPO_ROOT
-__all__ = ["ROOT", "ServiceProcess", "free_port", "install_in_hub_cache", "metric", "start_service", "wait_for"]
+__all__ = ["ROOT", "ServiceProcess", "free_port", "install_in_hub_cache", "metric", "serving", "start_service",
+           "wait_for"]
 
 
 def start_service(module: str, home: MeshHome, tmp: Path, workload: str, **settings) -> ServiceProcess:
     """Start a service as the local mesh would and wait until it is SERVING."""
-    service = launch(module, home, tmp, workload, **{"model_threads": 2, "drain_grace_s": 20, **settings})
+    return serving(launch(module, home, tmp, workload, **{"model_threads": 2, "drain_grace_s": 20, **settings}))
+
+
+def serving(service: ServiceProcess) -> ServiceProcess:
+    """``service`` once it is SERVING; stopped, and the error raised, when it never is."""
     try:
         service.wait_serving()
     except BaseException:
