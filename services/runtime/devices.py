@@ -22,6 +22,8 @@ def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
     return torch.float32
 
 
-def configure_threads(threads: int, instances: int = 1) -> None:
-    """Intra-op threads for CPU inference; 0 shares the cores among the model instances."""
-    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 1) // instances))
+def configure_threads(threads: int, instances: int = 1) -> int:
+    """Intra-op threads for CPU inference; 0 shares the cores among the model instances. Returns the count."""
+    count = threads if threads > 0 else max(1, (os.cpu_count() or 1) // instances)
+    torch.set_num_threads(count)
+    return count

@@ -275,7 +275,8 @@ def _config_of(model) -> mc.ModelConfig:
     description = model.description if model.ready else None
     on_gpu = bool(description and description.device.startswith("cuda"))
     config = mc.ModelConfig(
-        name=model.name, platform="modalmesh", backend="pytorch", max_batch_size=batching.max_batch_size,
+        name=model.name, platform="modalmesh", backend=_backend_of(description),
+        max_batch_size=batching.max_batch_size,
         input=[mc.ModelInput(name=s.name, data_type=config_datatype(s.datatype), dims=list(s.shape))
                for s in model.adapter.inputs],
         output=[mc.ModelOutput(name=s.name, data_type=config_datatype(s.datatype), dims=list(s.shape))
@@ -297,7 +298,7 @@ def _decoupled_config_of(model) -> mc.ModelConfig:
     description = model.description if model.ready else None
     on_gpu = bool(description and description.device.startswith("cuda"))
     config = mc.ModelConfig(
-        name=model.name, platform="modalmesh", backend="pytorch", max_batch_size=0,
+        name=model.name, platform="modalmesh", backend=_backend_of(description), max_batch_size=0,
         input=[mc.ModelInput(name=s.name, data_type=config_datatype(s.datatype), dims=list(s.shape),
                              optional=s.optional) for s in model.inputs],
         output=[mc.ModelOutput(name=s.name, data_type=config_datatype(s.datatype), dims=list(s.shape))
@@ -311,10 +312,16 @@ def _decoupled_config_of(model) -> mc.ModelConfig:
     return config
 
 
+def _backend_of(description) -> str:
+    """Triton's name for what executes the model: "onnxruntime" where the service chose it, else PyTorch."""
+    return "onnxruntime" if description and description.runtime.startswith("onnxruntime") else "pytorch"
+
+
 def _describe_in(config: mc.ModelConfig, description) -> None:
     if description:
-        for key in ("version", "provenance", "device", "dtype"):
-            config.parameters[key].string_value = getattr(description, key)
+        for key in ("version", "provenance", "device", "dtype", "runtime"):
+            if getattr(description, key):
+                config.parameters[key].string_value = getattr(description, key)
 
 
 def _statistics_of(model) -> oip.ModelStatistics:

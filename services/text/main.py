@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -21,6 +22,11 @@ class TextSettings(ServiceSettings):
     embedding_model: str = Field(PACKAGED_NAME, description="Registered name, Hugging Face id or local path")
     embedding_precision: Precision | None = Field(None, description="Overrides MODALMESH_PRECISION for the encoder")
     embedding_max_tokens: int | None = Field(None, ge=8, description="Override the encoder's token window")
+    embedding_runtime: Literal["auto", "onnxruntime", "torch"] = Field(
+        "auto", description="auto: ONNX Runtime for a float32 encoder on the CPU (exported at the first start), "
+                            "PyTorch otherwise")
+    export_cache: Path | None = Field(None, description="Where ONNX exports are kept between starts "
+                                                        "(default $XDG_CACHE_HOME/modalmesh/onnx)")
     generation_model: str = Field(STORYTELLER, description="'storyteller' (trained by the project), a Hugging Face "
                                                            "id in the local cache or a local path; '' serves none")
     generation_precision: Precision | None = Field(None, description="Overrides MODALMESH_PRECISION for generation")
@@ -47,7 +53,8 @@ def build(runtime: Runtime) -> Service:
                                        precision=settings.embedding_precision or settings.precision,
                                        threads=settings.model_threads,
                                        instances=settings.model_instances,
-                                       max_tokens=settings.embedding_max_tokens)
+                                       max_tokens=settings.embedding_max_tokens,
+                                       runtime=settings.embedding_runtime, export_cache=settings.export_cache)
     served = runtime.serve_model(_served_name(settings.embedding_model), embedder)
     generator = _generator(settings, runtime)
     writer = GeneratedSummaries(generator) if generator and settings.summary_writer == "generation" else None
