@@ -100,7 +100,7 @@ def make_sentences(n: int, seed: int) -> list[str]:
 class RawModel:
     """The adapter in this process (torch is imported here, never in the client processes)."""
 
-    def __init__(self, sentences: list[str], threads: int, model: str, device: str):
+    def __init__(self, sentences: list[str], threads: int, model: str, device: str, runtime: str = "auto"):
         import torch
         from transformers.utils import logging as transformers_logging
 
@@ -108,7 +108,7 @@ class RawModel:
 
         transformers_logging.disable_progress_bar()
         self.torch_version = torch.__version__
-        self.embedder = SentenceEmbedder(model, device=device, threads=threads)
+        self.embedder = SentenceEmbedder(model, device=device, threads=threads, runtime=runtime)
         self.embedder.load()
         self.embedder.warm_up()
         self.torch_threads = torch.get_num_threads()
@@ -335,6 +335,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="all-MiniLM-L6-v2",
                    help="MODALMESH_EMBEDDING_MODEL: registered name, Hugging Face id or local path")
     p.add_argument("--device", default="cpu", help="MODALMESH_DEVICE: cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--runtime", choices=("auto", "onnxruntime", "torch"), default="auto",
+                   help="MODALMESH_EMBEDDING_RUNTIME, here and in the raw phase (default auto: ONNX Runtime on the CPU)")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     return p.parse_args(argv)
 
@@ -374,7 +376,7 @@ def main(argv=None) -> int:
     extra = tuple(int(b) for b in args.raw_extra.split(",") if b.strip())
     print(f"[raw] SentenceEmbedder.run_batch, batch {args.raw_batch}, in this process: half of the time now, "
           "half after the service phases ...", flush=True)
-    model = RawModel(sentences, args.threads, args.model, args.device)
+    model = RawModel(sentences, args.threads, args.model, args.device, args.runtime)
     record["machine"]["torch"] = model.torch_version
     record["model"] = dataclasses.asdict(model.embedder.describe())
     sessions = [model.session(args.raw_batch, extra, args.warmup, args.duration / 2)]
@@ -382,7 +384,8 @@ def main(argv=None) -> int:
 
     requests = encode_requests(sentences)
     common = {"model_threads": args.threads, "max_batch_size": args.max_batch_size,
-              "max_queue_delay_ms": args.max_queue_delay_ms, "embedding_model": args.model, "device": args.device}
+              "max_queue_delay_ms": args.max_queue_delay_ms, "embedding_model": args.model, "device": args.device,
+              "embedding_runtime": args.runtime}
     if args.instances:
         common.update(model_instances=args.instances, model_threads=max(1, args.threads // args.instances))
     if args.workers > 1:

@@ -14,6 +14,9 @@ Each peer is compared with modalmesh on the peer's own protocol:
   pytriton             NVIDIA PyTriton (bench/peers/pytriton_server.py): Triton's dynamic batcher;
                        driven on OIP ModelInfer (TEXT BYTES [1, 1] -> EMBEDDING)
   modalmesh (mTLS)     the same service with its own mutual TLS (extra row): TextService/Embed
+  modalmesh (PyTorch)  the same service with MODALMESH_EMBEDDING_RUNTIME=torch (extra row): OIP ModelInfer.
+                       modalmesh runs an encoder on the CPU in ONNX Runtime by default; the peers call the
+                       PyTorch model, so this row shows what the serving stack alone does with the same runtime
 
 The peers serve plaintext, so modalmesh is compared in sidecar mode. Each peer lives in its own virtual
 environment (bench/.venv-ray, bench/.venv-pytriton), made on first use from bench/peers/requirements-*.txt.
@@ -61,7 +64,7 @@ MODEL_NAME = "all-MiniLM-L6-v2"   # modalmesh's OIP name for it; PyTriton serves
 DIMENSIONS = 384
 READY_TIMEOUT_S = 300
 DISTURBED_CORES = 0.05            # other processes or steal above this in a window: flagged, as in embed_batching
-SERVERS = ("modalmesh", "ray", "pytriton")
+SERVERS = ("modalmesh", "ray", "pytriton", "modalmesh-torch")
 
 # What an Istio sidecar adds to each call it forwards to a pod in sidecar mode: the caller's identity.
 XFCC = ("x-forwarded-client-cert", f'By={spiffe_id("text")};Hash=0;Subject="";URI={spiffe_id("cli")}')
@@ -295,12 +298,13 @@ def peer_environment(extra_path: list[Path], **variables: str) -> dict[str, str]
 
 
 @contextlib.contextmanager
-def modalmesh_server(mode: str, args, home: MeshHome, tmp: Path) -> Iterator[RunningServer]:
+def modalmesh_server(mode: str, args, home: MeshHome, tmp: Path, runtime: str = "auto") -> Iterator[RunningServer]:
     """The text service with the benchmark's batching limits; ``mode`` is "sidecar" or "mutual"."""
     # Only the embedder, as the peers serve: an empty MODALMESH_GENERATION_MODEL loads no language model.
     settings = {"tls_mode": mode, "dynamic_batching": "true", "max_batch_size": args.max_batch_size,
                 "max_queue_delay_ms": args.max_queue_delay_ms, "model_threads": args.threads,
-                "model_instances": 1, "device": "cpu", "precision": "float32", "generation_model": ""}
+                "model_instances": 1, "device": "cpu", "precision": "float32", "generation_model": "",
+                "embedding_runtime": runtime}
     with running_service("services.text", "text", home, tmp, **settings) as service:
         service.wait_serving(READY_TIMEOUT_S)
         if mode == "sidecar":
@@ -486,7 +490,16 @@ def print_level(label: str, level: dict) -> None:
 
 # Each peer against modalmesh in sidecar mode on the peer's protocol.
 PAIRS = {"ray": ("ray/embed", "modalmesh/embed"), "pytriton": ("pytriton/oip", "modalmesh/oip")}
-MTLS_PAIR = ("modalmesh-mtls/embed", "modalmesh/embed")
+# modalmesh against itself and the peer it is closest to: what its own mutual TLS costs, what ONNX Runtime
+# gains over PyTorch, and the serving stack alone against PyTriton when both run the model in PyTorch.
+SIDE_PAIRS = {
+    "mtls_vs_sidecar": ("modalmesh-mtls/embed", "modalmesh/embed",
+                        "modalmesh with its own mutual TLS vs sidecar mode, TextService/Embed:"),
+    "onnxruntime_vs_torch": ("modalmesh/oip", "modalmesh-torch/oip",
+                             "modalmesh in ONNX Runtime (its CPU default) vs in PyTorch, OIP ModelInfer:"),
+    "torch_vs_pytriton": ("modalmesh-torch/oip", "pytriton/oip",
+                          "modalmesh in PyTorch vs pytriton (PyTorch), OIP ModelInfer:"),
+}
 
 
 def figures(result: dict, top: int, bottom: int) -> dict:
@@ -528,10 +541,11 @@ def compare(results: dict, levels: list[int]) -> dict:
             "best_peer_by_median_latency": quickest,
             "modalmesh_vs_best_peer_p50_at_bottom": per_peer[quickest]["p50_ratio_at_bottom"],
         })
-    mtls_key, sidecar_key = MTLS_PAIR
-    if mtls_key in results and sidecar_key in results:
-        mtls, sidecar = figures(results[mtls_key], top, bottom), figures(results[sidecar_key], top, bottom)
-        ratios["mtls_vs_sidecar"] = {"mtls": mtls, "sidecar": sidecar, **versus(mtls, sidecar)}
+    ratios["side"] = {}
+    for name, (ours_key, theirs_key, title) in SIDE_PAIRS.items():
+        if ours_key in results and theirs_key in results:
+            ours, theirs = figures(results[ours_key], top, bottom), figures(results[theirs_key], top, bottom)
+            ratios["side"][name] = {"title": title, "ours": ours, "theirs": theirs, **versus(ours, theirs)}
     return ratios
 
 
@@ -581,9 +595,8 @@ def print_ratios(ratios: dict) -> None:
     top, bottom = ratios["top_concurrency"], ratios["bottom_concurrency"]
     for peer, r in ratios["per_peer"].items():
         print_pair(f"modalmesh (sidecar) vs {peer}, both on {r['protocol']}:", r, "modalmesh", "peer", top, bottom)
-    if "mtls_vs_sidecar" in ratios:
-        print_pair("modalmesh with its own mutual TLS vs sidecar mode, TextService/Embed:", ratios["mtls_vs_sidecar"],
-                   "mtls", "sidecar", top, bottom)
+    for r in ratios["side"].values():
+        print_pair(r["title"], r, "ours", "theirs", top, bottom)
     if not ratios["per_peer"]:
         print("\n(no peer comparison: it needs modalmesh and at least one peer in the run)")
         return
@@ -676,6 +689,9 @@ def main(argv=None) -> int:
         if "modalmesh" in args.only and not args.skip_mtls:
             plans.append(("modalmesh-mtls", "modalmesh (mTLS)", lambda: modalmesh_server("mutual", args, home, tmp),
                           [PROTOCOLS["embed"]]))
+        if "modalmesh-torch" in args.only:
+            plans.append(("modalmesh-torch", "modalmesh (sidecar, PyTorch)",
+                          lambda: modalmesh_server("sidecar", args, home, tmp, runtime="torch"), [PROTOCOLS["oip"]]))
         for name, label, start, protocols in plans:
             measure_server(name, label, start, protocols, sentences, args, results, vectors)
 
