@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from modalmesh.home import MeshHome
@@ -11,8 +13,8 @@ from modalmesh.launch import ServiceProcess, free_port, launch, metric  # noqa: 
 from services.runtime.settings import REPO_ROOT
 
 ROOT = REPO_ROOT
-__all__ = ["ROOT", "ServiceProcess", "free_port", "install_in_hub_cache", "metric", "serving", "start_service",
-           "wait_for"]
+__all__ = ["ROOT", "ServiceProcess", "free_port", "install_in_hub_cache", "metric", "serving", "serving_together",
+           "start_service", "wait_for"]
 
 
 def start_service(module: str, home: MeshHome, tmp: Path, workload: str, **settings) -> ServiceProcess:
@@ -28,6 +30,22 @@ def serving(service: ServiceProcess) -> ServiceProcess:
         service.stop(5)
         raise
     return service
+
+
+@contextlib.contextmanager
+def serving_together(launched: dict[str, ServiceProcess]) -> Iterator[dict[str, ServiceProcess]]:
+    """Services launched side by side, once all are SERVING; all stopped (cleanly, checked) afterwards,
+    and at once when one never serves. Launch them from the test's thread: a service dies with it."""
+    try:
+        for service in launched.values():
+            service.wait_serving()
+    except BaseException:
+        for service in launched.values():
+            service.stop(5)
+        raise
+    yield launched
+    for service in launched.values():
+        assert service.stop() == 0, service.log_tail()
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.02) -> None:

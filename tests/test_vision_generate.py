@@ -29,7 +29,7 @@ from services.vision.images import ImageLimits
 from services.vision.picture_styles import STYLES
 from services.vision.servicer import VisionServicer
 from tests.diffusion import TINY_ID, build_tiny_stable_diffusion
-from tests.support import install_in_hub_cache, metric, start_service, wait_for
+from tests.support import install_in_hub_cache, metric, serving_together, start_service, wait_for
 
 MAX_PIXELS = 2048 * 1024      # below 2048 x 2048, so "too many pixels" can be asked for
 
@@ -261,20 +261,11 @@ def diffusion_services(pki, tmp_path_factory, tiny_pipeline):
     by_path = dict(image_generation_model=str(tiny_pipeline), image_generation_steps=4, image_generation_guidance=0)
     by_id = dict(image_generation_model=TINY_ID, image_generation_steps=1,
                  environment={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
-    # Launched from this thread (a service dies with the thread that started it), then awaited together.
-    services = {name: launch("services.vision", pki, tmp_path_factory.mktemp(f"vision-{name}"), "vision",
+    launched = {name: launch("services.vision", pki, tmp_path_factory.mktemp(f"vision-{name}"), "vision",
                              segmentation_model="", model_threads=1, **settings)
                 for name, settings in (("path", by_path), ("id", by_id))}
-    try:
-        for service in services.values():
-            service.wait_serving()
-    except BaseException:
-        for service in services.values():
-            service.stop(5)
-        raise
-    yield services
-    for service in services.values():
-        assert service.stop() == 0, service.log_tail()
+    with serving_together(launched) as services:
+        yield services
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from modalmesh.v1 import vision_pb2_grpc
 from services.vision import painted_scenes
 from services.vision.painted_scenes import CREDIT, paint, scenes
 from services.vision.painting import HEIGHT, WIDTH
+from tests.support import serving_together
 from tests.test_storyteller import load_script
 from tests.test_vision_generate import colourfulness, generate, image_of, pixels_of
 
@@ -32,20 +33,11 @@ PAINT_BUDGET_S = 5.0   # measured about 1.5 s for the 64 paintings on a busy two
 def services(pki, tmp_path_factory):
     """The vision service as shipped (painted scenes on) and one with MODALMESH_PAINTED_SCENES=false,
     started side by side."""
-    # Launched from this thread (a service dies with the thread that started it), then awaited together.
-    started = {name: launch("services.vision", pki, tmp_path_factory.mktemp(f"vision-{name}"), "vision",
-                            segmentation_model="", model_threads=1, painted_scenes=painted)
-               for name, painted in (("painted", True), ("photographs", False))}
-    try:
-        for service in started.values():
-            service.wait_serving()
-    except BaseException:
-        for service in started.values():
-            service.stop(5)
-        raise
-    yield started
-    for service in started.values():
-        assert service.stop() == 0, service.log_tail()
+    launched = {name: launch("services.vision", pki, tmp_path_factory.mktemp(f"vision-{name}"), "vision",
+                             segmentation_model="", model_threads=1, painted_scenes=painted)
+                for name, painted in (("painted", True), ("photographs", False))}
+    with serving_together(launched) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
