@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import numpy as np
 import pytest
@@ -119,3 +121,12 @@ def test_message_size_limit_is_enforced_with_a_clear_status(text_service):
             text_pb2_grpc.TextServiceStub(channel).Embed(text_pb2.EmbedRequest(texts=["a" * (17 << 20)]))
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert text_service.health() == "SERVING"
+
+
+def test_objects_made_while_loading_are_frozen_out_of_later_collections(text_service):
+    """Once its models are loaded the service freezes what loading made, so that a full collection under
+    load no longer walks the model libraries' objects (bench/embed_peers.py shows the tail it removes)."""
+    frozen = [json.loads(line) for line in text_service.log().splitlines()
+              if line.startswith("{") and "froze the objects made while loading" in line]
+    assert len(frozen) == 1, text_service.log_tail()
+    assert frozen[0]["objects"] > 100_000   # torch, transformers and the tokenizer alone make more

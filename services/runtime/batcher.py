@@ -76,6 +76,9 @@ class DynamicBatcher:
         self.stats = BatcherStats()
         self._run_batch = run_batch
         self._metrics = metrics
+        # The per-request series, looked up once: a labels() call costs more than the observation itself.
+        self._queue_time = metrics.queue_time.labels(model_name) if metrics else None
+        self._queue_depth = metrics.queue_depth.labels(model_name) if metrics else None
         self._queue: collections.deque[_Request] = collections.deque()
         self._waiting = 0
         self._arrival = asyncio.Event()
@@ -201,8 +204,8 @@ class DynamicBatcher:
         started = time.monotonic()
         for request in batch:
             self.stats.queue.add(int((started - request.enqueued) * 1e9))
-            if self._metrics:
-                self._metrics.queue_time.labels(self.model_name).observe(started - request.enqueued)
+            if self._queue_time:
+                self._queue_time.observe(started - request.enqueued)
         compute = asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, rows)
         return compute, rows, started
 
@@ -259,8 +262,8 @@ class DynamicBatcher:
 
     def _set_waiting(self, n: int) -> None:
         self._waiting = n
-        if self._metrics:
-            self._metrics.queue_depth.labels(self.model_name).set(n)
+        if self._queue_depth:
+            self._queue_depth.set(n)
 
     def _count_rejected(self, reason: str) -> None:
         if self._metrics:
