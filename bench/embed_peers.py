@@ -18,10 +18,16 @@ Each peer is compared with modalmesh on the peer's own protocol:
                        modalmesh runs an encoder on the CPU in ONNX Runtime by default; the peers call the
                        PyTorch model, so this row shows what the serving stack alone does with the same runtime
 
+With --rounds N every server runs N times, in the plan's order and then in reverse, again and again
+(A B C, C B A, ...). Each round gives its own ratios from measurements minutes apart, and the run reports
+their median: on a shared machine whose speed drifts by 10-35% over a few minutes, one server measured at a
+slow moment would otherwise decide a comparison.
+
 The peers serve plaintext, so modalmesh is compared in sidecar mode. Each peer lives in its own virtual
 environment (bench/.venv-ray, bench/.venv-pytriton), made on first use from bench/peers/requirements-*.txt.
 
-    .venv/bin/python bench/embed_peers.py [--seconds 10] [--levels 1,8,32,64] [--only ray pytriton] [--quick]
+    .venv/bin/python bench/embed_peers.py [--seconds 10] [--levels 1,8,32,64] [--only ray pytriton] [--rounds 3]
+                                          [--quick]
 """
 
 from __future__ import annotations
@@ -549,6 +555,24 @@ def compare(results: dict, levels: list[int]) -> dict:
     return ratios
 
 
+# The headline ratios (modalmesh / best peer) and the project's targets for them (docs/benchmarks.md).
+HEADLINES = (("modalmesh_vs_best_peer_throughput_at_top", ">=", 1.2),
+             ("modalmesh_vs_that_peer_p99_at_top", "<=", 1.0),
+             ("modalmesh_vs_best_peer_p50_at_bottom", "<=", 0.7))
+
+
+def summarize_rounds(per_round: list[dict]) -> dict:
+    """Each headline ratio across rounds: its values, their median, and in how many rounds it met its target."""
+    summary = {}
+    for name, sense, target in HEADLINES:
+        values = [r[name] for r in per_round if r.get(name) is not None]
+        if values:
+            met = sum(v >= target if sense == ">=" else v <= target for v in values)
+            summary[name] = {"per_round": values, "median": round(float(np.median(values)), 3),
+                             "target": f"{sense} {target}", "rounds_meeting_target": met}
+    return summary
+
+
 def embedding_agreement(vectors: dict[str, np.ndarray]) -> dict:
     """How close every server's embedding of the same text is to the first one's (the same model?)."""
     if not vectors:
@@ -560,8 +584,9 @@ def embedding_agreement(vectors: dict[str, np.ndarray]) -> dict:
             "cosine": {k: round(float(np.dot(v, reference)), 6) for k, v in vectors.items()}}
 
 
-def print_table(results: dict) -> None:
-    print(f"\n{'server and protocol':<42}{'callers':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}"
+def print_table(results: dict, title: str = "") -> None:
+    print(f"\n{title}" if title else "")
+    print(f"{'server and protocol':<42}{'callers':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}"
           f"{'server cores':>14}")
     for result in results.values():
         for level in result["levels"]:
@@ -610,6 +635,14 @@ def print_ratios(ratios: dict) -> None:
           "modalmesh answers sooner)")
 
 
+def print_summary(summary: dict, rounds: int) -> None:
+    print(f"\nacross {rounds} rounds (each round's ratio, then the median):")
+    for name, figures_ in summary.items():
+        values = ", ".join(f"{v:.3f}" for v in figures_["per_round"])
+        print(f"  {name:<44} {values}   median {figures_['median']:.3f}   target {figures_['target']}: met in "
+              f"{figures_['rounds_meeting_target']} of {len(figures_['per_round'])}")
+
+
 def disturbed_windows(results: dict) -> list[str]:
     return [f"{r['label']} at {x['concurrency']}" for r in results.values() for x in r["levels"]
             if x["server"]["other_processes_cpu_cores"] > DISTURBED_CORES
@@ -632,6 +665,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, help="warm-up seconds before each level (default 2; --quick 1)")
     p.add_argument("--server-warmup", type=float,
                    help="seconds of load at the highest level after a server starts (default 5; --quick 2)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every server this many times, alternating the order (default 1); ratios per round "
+                        "and their median")
     p.add_argument("--skip-mtls", action="store_true", help="leave out the extra modalmesh row with mutual TLS")
     p.add_argument("--threads", type=int, default=cores,
                    help=f"model threads in every server: torch's intra-op threads, ONNX Runtime's in modalmesh "
@@ -647,7 +683,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.levels = sorted({int(x) for x in (args.levels or ("1,64" if quick else "1,8,32,64")).split(",") if x.strip()})
     args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
     args.server_warmup = args.server_warmup if args.server_warmup is not None else (2.0 if quick else 5.0)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     return args
+
+
+def server_plans(args, tmp: Path) -> list[tuple]:
+    """(name, label, start, protocols) of every server the run measures, in the order of a first round."""
+    home = MeshHome(tmp / "pki")
+    plans = []
+    if "modalmesh" in args.only:
+        plans.append(("modalmesh", "modalmesh (sidecar)", lambda: modalmesh_server("sidecar", args, home, tmp),
+                      [PROTOCOLS["embed"], PROTOCOLS["oip"]]))
+    if "ray" in args.only:
+        plans.append(("ray", "ray (gRPC proxy)", lambda: ray_server(args, tmp), [PROTOCOLS["embed"]]))
+    if "pytriton" in args.only:
+        plans.append(("pytriton", "pytriton", lambda: pytriton_server(args, tmp), [PROTOCOLS["oip"]]))
+    if "modalmesh" in args.only and not args.skip_mtls:
+        plans.append(("modalmesh-mtls", "modalmesh (mTLS)", lambda: modalmesh_server("mutual", args, home, tmp),
+                      [PROTOCOLS["embed"]]))
+    if "modalmesh-torch" in args.only:
+        plans.append(("modalmesh-torch", "modalmesh (sidecar, PyTorch)",
+                      lambda: modalmesh_server("sidecar", args, home, tmp, runtime="torch"), [PROTOCOLS["oip"]]))
+    return plans
 
 
 def main(argv=None) -> int:
@@ -675,35 +733,31 @@ def main(argv=None) -> int:
     for peer in ("ray", "pytriton"):   # install up front: fail early, and keep installs out of start-up times
         if peer in args.only:
             peer_python(peer)
-    results: dict = {}
     vectors: dict = {}
+    rounds = []
     with _common.temporary_directory("modalmesh-peers-") as tmp_name:
-        tmp = Path(tmp_name)
-        home = MeshHome(tmp / "pki")
-        plans = []
-        if "modalmesh" in args.only:
-            plans.append(("modalmesh", "modalmesh (sidecar)", lambda: modalmesh_server("sidecar", args, home, tmp),
-                          [PROTOCOLS["embed"], PROTOCOLS["oip"]]))
-        if "ray" in args.only:
-            plans.append(("ray", "ray (gRPC proxy)", lambda: ray_server(args, tmp), [PROTOCOLS["embed"]]))
-        if "pytriton" in args.only:
-            plans.append(("pytriton", "pytriton", lambda: pytriton_server(args, tmp), [PROTOCOLS["oip"]]))
-        if "modalmesh" in args.only and not args.skip_mtls:
-            plans.append(("modalmesh-mtls", "modalmesh (mTLS)", lambda: modalmesh_server("mutual", args, home, tmp),
-                          [PROTOCOLS["embed"]]))
-        if "modalmesh-torch" in args.only:
-            plans.append(("modalmesh-torch", "modalmesh (sidecar, PyTorch)",
-                          lambda: modalmesh_server("sidecar", args, home, tmp, runtime="torch"), [PROTOCOLS["oip"]]))
-        for name, label, start, protocols in plans:
-            measure_server(name, label, start, protocols, sentences, args, results, vectors)
+        plans = server_plans(args, Path(tmp_name))
+        for index in range(args.rounds):
+            order = plans if index % 2 == 0 else plans[::-1]   # A B C, C B A, ...: drift falls on all alike
+            if args.rounds > 1:
+                print(f"\n=== round {index + 1} of {args.rounds}: {' '.join(plan[0] for plan in order)}", flush=True)
+            results: dict = {}
+            for name, label, start, protocols in order:
+                measure_server(name, label, start, protocols, sentences, args, results, vectors)
+            rounds.append({"order": [plan[0] for plan in order], "results": results,
+                           "ratios": compare(results, args.levels), "disturbed": disturbed_windows(results)})
 
-    record["results"] = results
+    record["rounds"] = rounds
     record["embedding_agreement"] = agreement = embedding_agreement(vectors)
-    record["ratios"] = ratios = compare(results, args.levels)
-    record["disturbed"] = disturbed = disturbed_windows(results)
-    print_table(results)
+    record["summary"] = summary = summarize_rounds([r["ratios"] for r in rounds])
+    disturbed = [f"round {i + 1}: {w}" for i, r in enumerate(rounds) for w in r["disturbed"]]
+    for index, this_round in enumerate(rounds):
+        title = f"=== round {index + 1} of {len(rounds)}" if len(rounds) > 1 else ""
+        print_table(this_round["results"], title)
+        print_ratios(this_round["ratios"])
     print_agreement(agreement)
-    print_ratios(ratios)
+    if len(rounds) > 1 and summary:
+        print_summary(summary, len(rounds))
     if disturbed:
         print(f"WARNING: other processes or the hypervisor took more than {DISTURBED_CORES} cores during "
               f"{len(disturbed)} window(s) ({', '.join(disturbed[:4])}{' ...' if len(disturbed) > 4 else ''}); "
