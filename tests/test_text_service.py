@@ -125,7 +125,7 @@ def test_message_size_limit_is_enforced_with_a_clear_status(text_service):
 
 def test_objects_made_while_loading_are_frozen_out_of_later_collections(text_service):
     """Once its models are loaded the service freezes what loading made, so that a full collection under
-    load no longer walks the model libraries' objects (bench/embed_peers.py shows the tail it removes)."""
+    load no longer walks the model libraries' objects (docs/architecture.md: the pause this removes)."""
     frozen = [json.loads(line) for line in text_service.log().splitlines()
               if line.startswith("{") and "froze the objects made while loading" in line]
     assert len(frozen) == 1, text_service.log_tail()

@@ -204,7 +204,7 @@ class DynamicBatcher:
         started = time.monotonic()
         for request in batch:
             self.stats.queue.add(int((started - request.enqueued) * 1e9))
-            if self._queue_time:
+            if self._queue_time is not None:
                 self._queue_time.observe(started - request.enqueued)
         compute = asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, rows)
         return compute, rows, started
@@ -262,7 +262,7 @@ class DynamicBatcher:
 
     def _set_waiting(self, n: int) -> None:
         self._waiting = n
-        if self._queue_depth:
+        if self._queue_depth is not None:
             self._queue_depth.set(n)
 
     def _count_rejected(self, reason: str) -> None:
