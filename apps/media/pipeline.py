@@ -73,17 +73,23 @@ class ServiceChannels:
         self.services, self.open_channel = services, open_channel   # name → (address, stub class)
         self.channels: dict[str, grpc.aio.Channel] = {}
         self.stubs: dict[str, object] = {}
+        self._retiring: set[asyncio.Task] = set()
         for name in services:
             self._open(name)
 
     def stub(self, name: str):
         return self.stubs[name]
 
-    async def after_unavailable(self, name: str) -> None:
+    def after_unavailable(self, name: str, grace_s: float) -> None:
+        """Replace a channel that failed to connect. Calls still on the old one (a job's other scenes) end with
+        their own status within ``grace_s``, the calls' deadline: closing it at once would cancel them, and a
+        cancelled call reads as a cancelled job."""
         channel = self.channels[name]
-        if channel.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE:   # no call can be in flight on it
+        if channel.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
             self._open(name)
-            await channel.close()
+            closing = asyncio.ensure_future(channel.close(grace=grace_s))
+            self._retiring.add(closing)
+            closing.add_done_callback(self._retiring.discard)
 
     def _open(self, name: str) -> None:
         address, stub_class = self.services[name]
@@ -289,7 +295,7 @@ class Pipeline:
                     self.availability.failed(service, error)
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     raise StepFailed(step, error.code().name, f"{service} service: {error.details()}") from None
-                await self.channels.after_unavailable(service)
+                self.channels.after_unavailable(service, self.settings.call_timeout_s)
                 if delay is None:
                     raise StepFailed(step, "UNAVAILABLE", f"{service} service: {error.details()} (tried "
                                      f"{retries + 1} times)") from None

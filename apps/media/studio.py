@@ -225,6 +225,14 @@ class Studio:
             if job.job_id in self._cancelling:
                 await self._finish(job, CANCELLED)
                 return
+            if not asyncio.current_task().cancelling():
+                # Nobody cancelled this job: a call was cancelled under it (a closed channel). It failed; left
+                # queued it would wait for a next process that the running one never hands it to.
+                log.error("a call of the job was cancelled", extra={"job_id": job.job_id})
+                step = next((s.name for s in job.steps if s.state in (RUNNING, CANCELLED)), None)
+                await self._finish(job, FAILED, {"step": step, "code": "CANCELLED",
+                                                 "message": "a call to a service was cancelled; retry the job"})
+                return
             await self._requeue_for_next_process(job)
             raise
         except StepFailed as failure:
