@@ -78,6 +78,20 @@ def joined(replies) -> str:
     return "".join(r.text for r in replies)
 
 
+def all_at_once(service, requests: list[text_pb2.GenerateRequest]) -> list[str]:
+    """Every request's text, all streamed concurrently over one channel."""
+    async def together():
+        async with service.aio_channel() as channel:
+            stub = text_pb2_grpc.TextServiceStub(channel)
+
+            async def one(request):
+                return joined([r async for r in stub.Generate(request, timeout=120)])
+
+            return await asyncio.gather(*(one(r) for r in requests))
+
+    return asyncio.run(together())
+
+
 def engine_metric(service, name: str, **labels) -> float:
     return metric(service.metrics(), name, model=SERVED_NAME, **labels)
 
@@ -117,20 +131,36 @@ def test_thirty_two_concurrent_streams_match_each_request_alone(generation):
     batches_before = engine_metric(generation, "modalmesh_generation_decode_batch_size_count")
     rows_before = engine_metric(generation, "modalmesh_generation_decode_batch_size_sum")
 
-    async def all_at_once():
-        async with generation.aio_channel() as channel:
-            stub = text_pb2_grpc.TextServiceStub(channel)
-
-            async def one(request):
-                return joined([r async for r in stub.Generate(request, timeout=120)])
-
-            return await asyncio.gather(*(one(r) for r in requests))
-
-    together = asyncio.run(all_at_once())
+    together = all_at_once(generation, requests)
     assert together == alone
     steps = engine_metric(generation, "modalmesh_generation_decode_batch_size_count") - batches_before
     rows = engine_metric(generation, "modalmesh_generation_decode_batch_size_sum") - rows_before
     assert rows / steps > 4, f"streams were not decoded together: {rows / steps:.1f} sequences per step"
+
+
+def test_a_static_kv_cache_streams_what_the_model_gives_each_request_alone(pki, tmp_path, model_dir, reference):
+    """Preallocated key/value buffers (CUDA graphs on a GPU) of 64 columns: the same tokens, at most 64 of them."""
+    tokenizer, expected = reference
+    columns = 64
+    service = start_service("services.text", pki, tmp_path, "text", generation_model=str(model_dir),
+                            generation_kv_cache="static", generation_cache_tokens=columns)
+    try:
+        ready = [record for line in service.log().splitlines() if '"model ready"' in line
+                 and (record := json.loads(line)).get("model") == SERVED_NAME]
+        assert ready and ready[0]["kv_cache"] == "static" and ready[0]["token_limit"] == columns
+        # Every eighth request asks for more than the cache holds and ends at its last column.
+        requests = [text_pb2.GenerateRequest(prompt=p, sampling=greedy(100 if i % 8 == 0 else 20 + i % 7))
+                    for i, p in enumerate(PROMPTS)]
+        for request, text in zip(requests, all_at_once(service, requests)):
+            ids = tokenizer(request.prompt)["input_ids"]
+            assert text == expected(ids, min(request.sampling.max_new_tokens, columns - len(ids)))
+        with pytest.raises(grpc.RpcError) as error:
+            generate(service, text_pb2.GenerateRequest(prompt="harbour " * 70, sampling=greedy(4)))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "static KV cache" in dict(bad_request_of(error.value))["prompt"]
+        assert service.health() == "SERVING"
+    finally:
+        assert service.stop() == 0, service.log_tail()
 
 
 def test_stop_text_ends_the_output_before_it(generation):

@@ -3,9 +3,9 @@
 One engine thread owns the model. Between decode steps it admits waiting requests (their
 prompts are prefilled together, then their key/value caches join the running batch) and drops
 finished or cancelled sequences (their rows leave the batch). Each sequence keeps its own rows of
-the key/value cache; the batch is left-padded so the rows line up, and an attention mask hides the
-padding. This is iteration-level scheduling as vLLM does it, on Hugging Face models and their
-DynamicCache, without paged memory.
+the key/value cache (services/text/decode_batch.py: a DynamicCache, or preallocated buffers whose
+decode steps replay CUDA graphs on a GPU). This is iteration-level scheduling as vLLM does it, on
+Hugging Face models, without paged memory.
 
 Models whose cache is not a plain per-layer key/value list (sliding windows, recurrent layers)
 cannot merge caches of different lengths; for them the engine admits new requests only when the
@@ -24,14 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from services.runtime.errors import ResourceExhausted, Unavailable
+from services.text.decode_batch import DynamicBatch, StaticBatch
 from services.text.language_model import CausalLanguageModel
 
 log = logging.getLogger(__name__)
 
 PREFILL_BATCH = 16  # prompts prefilled together, at most
+DEFAULT_CACHE_TOKENS = 4096  # a static cache's columns when the model's context window is longer
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,13 @@ class EngineStats:
 
 class GenerationEngine:
     def __init__(self, lm: CausalLanguageModel, max_active: int = 32, max_waiting: int = 256,
-                 on_step: Callable[[str, int], None] | None = None, continuous: bool = True):
+                 on_step: Callable[[str, int], None] | None = None, continuous: bool = True,
+                 kv_cache: str = "auto", cache_tokens: int = 0, cuda_graphs: bool = True):
         self.lm = lm
         self.want_continuous = continuous  # False: static batching, for comparison
+        self.want_kv_cache = kv_cache  # "dynamic", "static", or "auto" (static on a GPU)
+        self.cache_tokens = cache_tokens  # a static cache's columns; 0: the context window, up to 4096
+        self.cuda_graphs = cuda_graphs
         self.max_active = max_active
         self.max_waiting = max_waiting
         # ("prefill" or "decode", rows) after every model execution (a token per row), and
@@ -109,17 +114,36 @@ class GenerationEngine:
         self._wakeup = threading.Condition(self._lock)
         self._closing = False
         self._thread: threading.Thread | None = None
-        # the running batch: one row per active sequence
+        # the running batch: one row per active sequence, in the order of the batch's rows
         self._active: list[Sequence] = []
-        self._cache = None
-        self._mask: torch.Tensor | None = None  # [rows, columns]: 1 where the cache holds a real token
-        self._positions: torch.Tensor | None = None  # [rows]: position id of each row's next token
-        self._next_tokens: torch.Tensor | None = None  # [rows]: the last sampled token, not yet in the cache
+        self._batch: DynamicBatch | StaticBatch | None = None
 
     # -- the event-loop side -------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Choose the batch layout, allocate it and, on a GPU, capture its decode steps (seconds)."""
+        mergeable = self._supports_merging()
+        self.continuous = self.want_continuous and mergeable
+        self._batch = self._static_batch() if mergeable else None
+        if self._batch is None:
+            self._batch = DynamicBatch(self.lm, trim_padding=self.continuous)
+
+    @property
+    def kv_cache(self) -> str:
+        return "static" if isinstance(self._batch, StaticBatch) else "dynamic"
+
+    @property
+    def cuda_graphs_in_use(self) -> bool:
+        return bool(self._batch and self._batch.graphed)
+
+    @property
+    def token_limit(self) -> int:
+        """The most tokens a sequence may hold, prompt included."""
+        return self._batch.token_limit if self._batch else self.lm.context_window
+
     def start(self) -> None:
-        self.continuous = self.want_continuous and self._supports_merging()
+        if self._batch is None:
+            self.prepare()
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
         self._thread.start()
 
@@ -214,7 +238,8 @@ class GenerationEngine:
         cache = self._new_cache()
         logits, cache = self.lm.forward(ids, None if bool(mask.all()) else mask, positions, cache, logits_to_keep=1)
         tokens = self._sample(logits[:, -1, :], sequences)
-        self._join(sequences, cache, mask, mask.sum(-1), tokens)
+        self._batch.join(cache, mask, tokens)
+        self._active.extend(sequences)
         self.stats.prompts += len(sequences)
         self.stats.first_token_ns += (time.perf_counter_ns() - started) * len(sequences)
         self._accept(sequences, tokens)
@@ -224,15 +249,8 @@ class GenerationEngine:
     def _decode_step(self) -> None:
         started = time.perf_counter_ns()
         rows = len(self._active)
-        mask = torch.cat([self._mask, torch.ones((rows, 1), dtype=torch.long, device=self._mask.device)], dim=1)
-        # Without padding the mask says nothing the causal default does not, and building it costs time.
-        padded = not bool(self._mask.all())
-        logits, self._cache = self.lm.forward(self._next_tokens[:, None], mask if padded else None,
-                                              self._positions[:, None], self._cache)
-        self._mask = mask
-        self._positions = self._positions + 1
-        tokens = self._sample(logits[:, -1, :], self._active)
-        self._next_tokens = tokens
+        tokens = self._sample(self._batch.decode(), self._active)
+        self._batch.set_next_tokens(tokens)
         self.stats.steps += 1
         self.stats.step_ns += time.perf_counter_ns() - started
         self._accept(self._active, tokens)
@@ -252,21 +270,28 @@ class GenerationEngine:
 
         return all(type(layer) is DynamicLayer for layer in self._new_cache().layers)
 
-    def _join(self, sequences: list[Sequence], cache, mask: torch.Tensor, positions: torch.Tensor,
-              tokens: torch.Tensor) -> None:
-        """Append the prefilled sequences' rows to the running batch, left-padding to a common length."""
-        if not self._active:
-            self._active, self._cache, self._mask = list(sequences), cache, mask
-            self._positions, self._next_tokens = positions, tokens
-            return
-        columns = max(self._mask.shape[1], mask.shape[1])
-        for running, joining in zip(self._cache.layers, cache.layers):
-            running.keys = torch.cat([_left_pad(running.keys, columns), _left_pad(joining.keys, columns)])
-            running.values = torch.cat([_left_pad(running.values, columns), _left_pad(joining.values, columns)])
-        self._mask = torch.cat([_left_pad(self._mask, columns), _left_pad(mask, columns)])
-        self._positions = torch.cat([self._positions, positions])
-        self._next_tokens = torch.cat([self._next_tokens, tokens])
-        self._active.extend(sequences)
+    def _static_batch(self) -> StaticBatch | None:
+        """Preallocated rows when asked for (or on a GPU, for "auto") and the model allows them."""
+        wanted = self.want_kv_cache == "static" or (self.want_kv_cache == "auto" and self.lm.device.type == "cuda")
+        if not wanted:
+            return None
+        refusal = StaticBatch.supports(self.lm)
+        if refusal:
+            log.warning("static KV cache unavailable; using a dynamic one", extra={"reason": refusal})
+            return None
+        capacity = min(self.lm.context_window, self.cache_tokens or DEFAULT_CACHE_TOKENS)
+        batch = StaticBatch(self.lm, self.max_active, capacity, cuda_graphs=self.cuda_graphs)
+        try:
+            with torch.inference_mode():  # a one-token prefill shows the shapes of the model's cache
+                ids = torch.tensor([[self.lm.pad_token_id]], device=self.lm.device)
+                _, sample = self.lm.forward(ids, None, torch.zeros_like(ids), self._new_cache())
+                batch.allocate(sample)
+        except (RuntimeError, TypeError) as error:  # out of memory, or a transformers without this cache API
+            log.warning("static KV cache unavailable; using a dynamic one", extra={"reason": f"{error}"})
+            return None
+        log.info("static KV cache", extra={"rows": self.max_active, "columns": capacity,
+                                           "mib": round(batch.bytes / 2**20, 1), "cuda_graphs": batch.graphed})
+        return batch
 
     def _drop_done(self) -> None:
         """Remove finished and cancelled rows, then the padding columns nobody needs any more."""
@@ -279,31 +304,9 @@ class GenerationEngine:
                 log.info("generation cancelled", extra={"sequence": sequence.id, "steps": sequence.steps,
                                                         "tokens": len(sequence.generated)})
         left = len(self._active) - len(keep)
-        if not keep:
-            self._active, self._cache, self._mask = [], None, None
-            self._positions = self._next_tokens = None
-        else:
-            self._keep_rows(keep)
+        self._active = [self._active[row] for row in self._batch.keep(keep)]
         if self.on_step:
             self.on_step("leave", left)
-
-    def _keep_rows(self, keep: list[int]) -> None:
-        rows = torch.tensor(keep, device=self._mask.device)
-        self._cache.batch_select_indices(rows)
-        self._mask, self._positions = self._mask[rows], self._positions[rows]
-        self._next_tokens = self._next_tokens[rows]
-        self._active = [self._active[i] for i in keep]
-        if self.continuous:
-            self._trim_padding()
-
-    def _trim_padding(self) -> None:
-        first_used = int(self._mask.any(dim=0).to(torch.int8).argmax())
-        if first_used == 0:
-            return
-        for layer in self._cache.layers:
-            layer.keys = layer.keys[:, :, first_used:]
-            layer.values = layer.values[:, :, first_used:]
-        self._mask = self._mask[:, first_used:]
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -390,7 +393,7 @@ class GenerationEngine:
                                    len(sequence.generated), len(sequence.prompt_ids), finish_reason=reason))
 
     def _out_of_context(self, sequence: Sequence) -> bool:
-        return len(sequence.prompt_ids) + len(sequence.generated) >= self.lm.context_window
+        return len(sequence.prompt_ids) + len(sequence.generated) >= self.token_limit
 
     def _emit(self, sequence: Sequence, delta: Delta) -> None:
         try:
@@ -404,18 +407,8 @@ class GenerationEngine:
             if not sequence.finished:
                 sequence.finished = True
                 self._emit(sequence, Delta("", 0, len(sequence.generated), len(sequence.prompt_ids), error=message))
-        self._active, self._cache, self._mask = [], None, None
-        self._positions = self._next_tokens = None
-
-
-def _left_pad(tensor: torch.Tensor, columns: int) -> torch.Tensor:
-    """Pad the sequence axis (2 for cache tensors [rows, heads, seq, dim], 1 for masks) on the left."""
-    missing = columns - tensor.shape[-2 if tensor.dim() == 4 else -1]
-    if missing == 0:
-        return tensor
-    if tensor.dim() == 4:
-        return F.pad(tensor, (0, 0, missing, 0))
-    return F.pad(tensor, (missing, 0))
+        self._active = []
+        self._batch.clear()
 
 
 def _nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -39,6 +39,9 @@ class GenerationLimits:
     default_max_new_tokens: int = 256
     max_new_tokens: int = 1024
     continuous: bool = True  # False: static batching (new requests wait for the whole batch to finish)
+    kv_cache: str = "auto"  # "dynamic", "static" (preallocated; CUDA graphs on a GPU), or "auto": static on a GPU
+    cache_tokens: int = 0  # a static cache's columns; 0: the context window, at most 4096
+    cuda_graphs: bool = True
 
 
 class ServedGenerator:
@@ -58,7 +61,8 @@ class ServedGenerator:
         self.limits = limits
         self.metrics = metrics
         self.engine = GenerationEngine(lm, limits.max_active, limits.max_waiting, on_step=self._observe_step,
-                                       continuous=limits.continuous)
+                                       continuous=limits.continuous, kv_cache=limits.kv_cache,
+                                       cache_tokens=limits.cache_tokens, cuda_graphs=limits.cuda_graphs)
         self.state = "LOADING"
         self.reason = ""
         self.model_info = None
@@ -78,6 +82,7 @@ class ServedGenerator:
         try:
             await asyncio.to_thread(self.lm.load)
             await asyncio.to_thread(self._warm_up)
+            await asyncio.to_thread(self.engine.prepare)
         except Exception as error:
             self.state, self.reason = "UNAVAILABLE", f"{type(error).__name__}: {error}"
             raise
@@ -86,7 +91,9 @@ class ServedGenerator:
         self.state = "READY"
         log.info("model ready", extra={"model": self.name, "seconds": round(time.monotonic() - started, 2),
                                        "provenance": self.model_info.provenance, "device": self.model_info.device,
-                                       "continuous_batching": self.engine.continuous})
+                                       "continuous_batching": self.engine.continuous, "kv_cache": self.engine.kv_cache,
+                                       "cuda_graphs": self.engine.cuda_graphs_in_use,
+                                       "token_limit": self.engine.token_limit})
 
     def _warm_up(self) -> None:
         import torch
@@ -112,11 +119,21 @@ class ServedGenerator:
             ids = self.lm.encode_prompt(request.prompt)
         else:
             ids = self.lm.encode_chat(_chat_messages(request.chat))
-        window = self.lm.context_window
-        if len(ids) >= window:
-            raise InvalidArgument((kind, f"{len(ids)} tokens; the model's context window is {window} tokens, "
-                                         "and at least one must be left to generate"))
+        limit = self.token_limit
+        if len(ids) >= limit:
+            raise InvalidArgument((kind, f"{len(ids)} tokens; a sequence may hold {limit} tokens "
+                                         f"({self._limited_by()}), and at least one must be left to generate"))
         return ids
+
+    @property
+    def token_limit(self) -> int:
+        """Tokens a sequence may hold, prompt included: the context window, or a smaller static cache."""
+        return self.engine.token_limit
+
+    def _limited_by(self) -> str:
+        if self.token_limit < self.lm.context_window:
+            return f"the static KV cache's columns; the model's context window is {self.lm.context_window}"
+        return "the model's context window"
 
     def sampling(self, sampling: text_pb2.SamplingParameters) -> SamplingParams:
         return sampling_params(sampling, self.limits, len(self.lm.tokenizer))
@@ -302,7 +319,7 @@ class GeneratedSummaries:
 
     @property
     def max_input_chars(self) -> int:
-        room = self.generator.lm.context_window - 2 * self.DEFAULT_WORDS - 64  # the answer and the instructions
+        room = self.generator.token_limit - 2 * self.DEFAULT_WORDS - 64  # the answer and the instructions
         return max(500, room * self.CHARS_PER_TOKEN)
 
     async def write_summary(self, text: str, max_words: int, context) -> tuple[str, object]:
@@ -311,7 +328,7 @@ class GeneratedSummaries:
         request = text_pb2.GenerateRequest(chat=text_pb2.Chat(messages=[
             text_pb2.ChatMessage(role="user", content=instruction)]))
         prompt_ids = self.generator.prompt_ids(request)
-        room = self.generator.lm.context_window - len(prompt_ids)
+        room = self.generator.token_limit - len(prompt_ids)
         params = SamplingParams(temperature=0.0, max_new_tokens=max(1, min(2 * words + 16, room - 1,
                                                                           self.generator.limits.max_new_tokens)))
         summary = "".join([delta.text async for delta in self.generator.stream(prompt_ids, params, context)])

@@ -34,6 +34,12 @@ class TextSettings(ServiceSettings):
     generation_max_waiting: int = Field(256, ge=1, description="Queued generations past which RESOURCE_EXHAUSTED")
     generation_batching: Literal["continuous", "static"] = Field(
         "continuous", description="continuous: requests join and leave the batch between decode steps")
+    generation_kv_cache: Literal["auto", "dynamic", "static"] = Field(
+        "auto", description="static: key/value buffers allocated once, decode steps replayed as CUDA graphs on a GPU; "
+                            "dynamic: a cache that grows each step; auto: static on a GPU, dynamic on the CPU")
+    generation_cache_tokens: int = Field(0, ge=0, description="Columns of a static KV cache, the most tokens a "
+                                                              "sequence holds; 0: the context window, at most 4096")
+    generation_cuda_graphs: bool = Field(True, description="Replay a static cache's decode steps as CUDA graphs")
     summary_writer: Literal["none", "generation"] = Field(
         "none", description="generation: abstractive summaries by the generation model (use an instruct model)")
     generation_default_max_new_tokens: int = Field(256, ge=1)
@@ -73,7 +79,9 @@ def _generator(settings: TextSettings, runtime: Runtime) -> ServedGenerator | No
     limits = GenerationLimits(max_active=settings.generation_max_active, max_waiting=settings.generation_max_waiting,
                               default_max_new_tokens=settings.generation_default_max_new_tokens,
                               max_new_tokens=settings.generation_max_new_tokens,
-                              continuous=settings.generation_batching == "continuous")
+                              continuous=settings.generation_batching == "continuous",
+                              kv_cache=settings.generation_kv_cache, cache_tokens=settings.generation_cache_tokens,
+                              cuda_graphs=settings.generation_cuda_graphs)
     return ServedGenerator(_served_name(settings.generation_model), lm, limits, runtime.metrics)
 
 
