@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from modalmesh.v1 import text_pb2_grpc
+from services.runtime.devices import cores_beside_the_event_loop
 from services.runtime.registry import ModelRegistry
 from services.runtime.server import Runtime, Service, run_service
 from services.runtime.settings import Precision, ServiceSettings
@@ -75,7 +76,7 @@ def _generator(settings: TextSettings, runtime: Runtime) -> ServedGenerator | No
         return None
     lm = CausalLanguageModel(settings.generation_model, device=settings.device,
                              precision=settings.generation_precision or settings.precision,
-                             threads=settings.model_threads)
+                             threads=settings.model_threads or cores_beside_the_event_loop())
     limits = GenerationLimits(max_active=settings.generation_max_active, max_waiting=settings.generation_max_waiting,
                               default_max_new_tokens=settings.generation_default_max_new_tokens,
                               max_new_tokens=settings.generation_max_new_tokens,
