@@ -76,4 +76,4 @@ bench-peers: $(STAMP) ## modalmesh vs Ray Serve vs PyTriton on the same model (B
 	$(PY) bench/embed_peers.py $(BENCH_PEERS_ARGS)
 
 clean: ## Remove the virtual environments, node_modules and local mesh state
-	rm -rf $(VENV) $(TRITON_VENV) bench/.venv-ray bench/.venv-pytriton .peer-wheels node_modules .modalmesh .pytest_cache .hypothesis
+	rm -rf $(VENV) $(TRITON_VENV) bench/.venv-ray bench/.venv-pytriton .gpu-kit node_modules .modalmesh .pytest_cache .hypothesis

