@@ -762,6 +762,11 @@ def main(argv=None) -> int:
     vectors: dict = {}
     rounds = []
     with _common.temporary_directory("modalmesh-peers-") as tmp_name:
+        if args.model:
+            # modalmesh serves a model folder under the folder's name; the OIP requests name MODEL_NAME.
+            link = Path(tmp_name) / MODEL_NAME
+            link.symlink_to(Path(args.model).resolve(), target_is_directory=True)
+            args.model = str(link)
         plans = server_plans(args, Path(tmp_name))
         for index in range(args.rounds):
             order = plans if index % 2 == 0 else plans[::-1]   # A B C, C B A, ...: drift falls on all alike
